@@ -1,0 +1,3 @@
+"""Tidings: a self-hostable asynchronous mail server."""
+
+__version__ = "0.1.0"

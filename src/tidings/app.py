@@ -1,0 +1,94 @@
+"""Wiring and lifecycle: open the store, start the listeners, stop cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+
+from tidings.config import Config, ConfigError, parse_hostport
+from tidings.delivery import MailDelivery
+from tidings.smtp.inbound import InboundHandler
+from tidings.smtp.server import TidingsSMTP, start_listener
+from tidings.store.db import Store
+from tidings.tls import server_context
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+
+
+class App:
+    """One running Tidings: its store, delivery and listeners."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.servers: list[asyncio.Server] = []
+        self.addresses: dict[str, str] = {}
+
+    async def start(self) -> None:
+        config = self.config
+        self.tls = server_context(config)
+        self.store = await Store.open(config.database_url)
+        self.delivery = MailDelivery(self.store, config.delivery)
+        try:
+            if config.listen.smtp:
+                handler = InboundHandler(config, self.delivery)
+                await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _smtp(self, handler: InboundHandler) -> TidingsSMTP:
+        limits = self.config.limits
+        return TidingsSMTP(
+            handler,
+            hostname=self.config.server.hostname,
+            max_message_size=limits.max_message_size,
+            max_command_line=limits.max_command_line,
+            timeout=limits.smtp_timeout,
+            bare_line_endings=limits.bare_line_endings,
+            tls_context=self.tls,
+        )
+
+    async def _listen(
+        self, name: str, address: str, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        host, port = parse_hostport(address)
+        try:
+            server = await start_listener(name, host, port, factory)
+        except OSError as e:
+            raise ConfigError(
+                f"listen.{name}: cannot listen on {address}: {e.strerror or e}"
+            ) from None
+        self.servers.append(server)
+        sockname = server.sockets[0].getsockname()
+        self.addresses[name] = f"{sockname[0]}:{sockname[1]}"
+
+    async def stop(self) -> None:
+        """Stop accepting, let commits in progress finish, close the store."""
+        for server in self.servers:
+            server.close()
+        if hasattr(self, "delivery"):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
+        if hasattr(self, "store"):
+            await self.store.close()
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM or SIGINT."""
+    app = App(config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("ready: %s", " ".join(f"{k}={v}" for k, v in app.addresses.items()))
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await app.stop()

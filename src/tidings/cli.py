@@ -1,0 +1,320 @@
+"""The ``tidings`` command: run the server and administer domains, users and aliases.
+
+Exit status 0 on success; otherwise one line ``tidings: <reason>`` on stderr and status 1
+(2 for a command line that cannot be parsed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tidings.auth import generate_password, hash_password
+from tidings.config import (
+    Config,
+    ConfigError,
+    build_config,
+    find_config_path,
+    load_config,
+    parse_size,
+    replace_section,
+    to_toml,
+)
+from tidings.store import accounts
+from tidings.store.accounts import AdminError
+from tidings.store.db import Store, StoreError
+
+DEMO_DOMAIN = "example.test"
+
+
+class CommandError(Exception):
+    """A refusal worded for the person at the terminal."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tidings: {message} (see `{self.prog} --help`)\n")
+
+
+def run_loop(coro: Awaitable[Any]) -> Any:
+    """Run ``coro`` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional at import time, wanted at run time
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)  # type: ignore[arg-type]
+
+
+async def _with_store(config: Config, action: Callable[[Store], Awaitable[Any]]) -> Any:
+    store = await Store.open(config.database_url)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _print_rows(args: argparse.Namespace, rows: Sequence[Any], fmt: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        for r in rows:
+            print(fmt(r))
+
+
+def _human_size(n: int) -> str:
+    for unit, size in (("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{n}B"
+
+
+def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated): from stdin, a prompt, or generated when neither is possible."""
+    if getattr(args, "password_stdin", False):
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CommandError("no password on standard input")
+        return password, False
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            raise CommandError("the passwords do not match")
+        if not first:
+            raise CommandError("empty password")
+        return first, False
+    return generate_password(), True
+
+
+def _quota(text: str | None) -> int:
+    if text is None:
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise CommandError(f"--quota: {e}") from None
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    directory = Path(args.dir)
+    path = directory / "tidings.toml"
+    if path.exists() and not args.force:
+        raise CommandError(f"{path} already exists (use --force to overwrite)")
+    domain = args.domain or (DEMO_DOMAIN if args.demo else None)
+    hostname = args.hostname or (f"mail.{domain}" if domain else "localhost")
+    config = replace_section(
+        build_config({}, {}, str(directory.resolve())), "server", hostname=hostname
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# Tidings configuration, written by `tidings init`.\n"
+        "# Every key is described in config/tidings.example.toml; any key can be overridden\n"
+        "# by an environment variable TIDINGS_<SECTION>__<KEY>.\n\n"
+    )
+    path.write_text(header + to_toml(config), encoding="utf-8")
+    print(f"wrote {path}")
+    config = load_config(path)
+
+    async def setup(store: Store) -> None:
+        if domain:
+            names = {d.name for d in await accounts.list_domains(store)}
+            if domain not in names:
+                await accounts.add_domain(store, domain)
+                print(f"added domain {domain}")
+        if args.demo:
+            password = generate_password()
+            address = f"demo@{domain}"
+            if await accounts.get_password_hash(store, address) is None:
+                await accounts.add_account(store, address, hash_password(password))
+            else:
+                await accounts.set_password(store, address, hash_password(password))
+            print(f"demo user: {address}")
+            print(f"password:  {password}")
+
+    run_loop(_with_store(config, setup))
+    print(f"start it with: tidings --config {path} serve")
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> None:
+    from tidings.app import serve  # noqa: PLC0415 - keeps admin commands quick to start
+
+    run_loop(serve(config))
+
+
+def cmd_domain(args: argparse.Namespace, config: Config) -> None:
+    async def act(store: Store) -> None:
+        if args.action == "add":
+            print(f"added domain {await accounts.add_domain(store, args.name)}")
+        elif args.action == "remove":
+            await accounts.remove_domain(store, args.name)
+            print(f"removed domain {args.name}")
+        else:
+            rows = await accounts.list_domains(store)
+            _print_rows(
+                args, rows, lambda d: f"{d.name}\t{d.accounts} accounts\t{d.aliases} aliases"
+            )
+
+    run_loop(_with_store(config, act))
+
+
+def cmd_user(args: argparse.Namespace, config: Config) -> None:
+    password: str | None = None
+    generated = False
+    if args.action in ("add", "passwd"):
+        password, generated = _read_password(args)
+    quota = _quota(getattr(args, "quota", None))
+
+    async def act(store: Store) -> None:
+        if args.action == "add":
+            assert password is not None
+            hashed = await asyncio.to_thread(hash_password, password)
+            address = await accounts.add_account(store, args.address, hashed, quota)
+            print(f"added user {address}")
+            if generated:
+                print(f"password: {password}")
+        elif args.action == "passwd":
+            assert password is not None
+            hashed = await asyncio.to_thread(hash_password, password)
+            await accounts.set_password(store, args.address, hashed)
+            print(f"password changed for {args.address}")
+            if generated:
+                print(f"password: {password}")
+        elif args.action == "quota":
+            await accounts.set_quota(store, args.address, _quota(args.size))
+            print(f"quota for {args.address}: {args.size}")
+        elif args.action == "remove":
+            await accounts.remove_account(store, args.address)
+            print(f"removed user {args.address}")
+        else:
+            rows = await accounts.list_accounts(store, args.domain)
+            _print_rows(
+                args,
+                rows,
+                lambda a: (
+                    f"{a.address}\t{a.messages} messages\t{_human_size(a.used_bytes)}"
+                    + (f" of {_human_size(a.quota_bytes)}" if a.quota_bytes else "")
+                ),
+            )
+
+    run_loop(_with_store(config, act))
+
+
+def cmd_alias(args: argparse.Namespace, config: Config) -> None:
+    async def act(store: Store) -> None:
+        if args.action == "add":
+            alias = await accounts.add_alias(store, args.source, args.targets)
+            print(f"alias {alias.source} -> {', '.join(alias.targets)}")
+        elif args.action == "remove":
+            await accounts.remove_alias(store, args.source, args.targets)
+            print(f"removed alias {args.source}")
+        else:
+            rows = await accounts.list_aliases(store, args.domain)
+            _print_rows(args, rows, lambda a: f"{a.source}\t{', '.join(a.targets)}")
+
+    run_loop(_with_store(config, act))
+
+
+# --- argument parsing ------------------------------------------------------------------------
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="tidings", description="Tidings mail server")
+    parser.add_argument("--config", help="config file (default: $TIDINGS_CONFIG, ./tidings.toml)")
+    parser.add_argument("--log-level", default=os.environ.get("TIDINGS_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("init", help="write a config file with the embedded defaults")
+    p.add_argument("--dir", default=".", help="folder for tidings.toml and its data (default .)")
+    p.add_argument("--domain", help="add this mail domain")
+    p.add_argument("--hostname", help="this server's host name (default mail.<domain>)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"also add a demo user (domain {DEMO_DOMAIN} unless --domain) and print its password",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite an existing tidings.toml")
+
+    sub.add_parser("serve", help="run every listener in the config")
+
+    p = sub.add_parser("domain", help="mail domains")
+    dsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    dsub.add_parser("add").add_argument("name")
+    dsub.add_parser("remove").add_argument("name")
+    dsub.add_parser("list").add_argument("--json", action="store_true")
+
+    p = sub.add_parser("user", help="user accounts")
+    usub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    u = usub.add_parser("add")
+    u.add_argument("address")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    u.add_argument("--quota", help="mailbox quota such as 500M or 2G (default: none)")
+    u = usub.add_parser("passwd")
+    u.add_argument("address")
+    u.add_argument("--password-stdin", action="store_true")
+    u = usub.add_parser("quota")
+    u.add_argument("address")
+    u.add_argument("size", help="such as 500M, 2G, or 0 for no quota")
+    usub.add_parser("remove").add_argument("address")
+    u = usub.add_parser("list")
+    u.add_argument("domain", nargs="?")
+    u.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("alias", help="aliases and catch-alls (@domain)")
+    asub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    a = asub.add_parser("add")
+    a.add_argument("source", help="user@domain, or @domain for a catch-all")
+    a.add_argument("targets", nargs="+")
+    a = asub.add_parser("remove")
+    a.add_argument("source")
+    a.add_argument("targets", nargs="*", help="only these targets (default: the whole alias)")
+    a = asub.add_parser("list")
+    a.add_argument("domain", nargs="?")
+    a.add_argument("--json", action="store_true")
+    return parser
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], None]] = {
+    "serve": cmd_serve,
+    "domain": cmd_domain,
+    "user": cmd_user,
+    "alias": cmd_alias,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command == "init":
+            cmd_init(args)
+        else:
+            config = load_config(find_config_path(args.config))
+            COMMANDS[args.command](args, config)
+    except (CommandError, ConfigError, AdminError, StoreError) as e:
+        print(f"tidings: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

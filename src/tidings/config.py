@@ -1,0 +1,370 @@
+"""The Tidings configuration: one TOML file → frozen dataclasses.
+
+Every key can be overridden by an environment variable ``TIDINGS_<SECTION>__<KEY>`` so that
+containers need no file edits; a list is written comma-separated. Anything wrong — an unknown
+key, a value of the wrong type — raises :class:`ConfigError` whose text names the key and the
+problem in one line, because that line is all an administrator sees when ``serve`` refuses to
+start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TIDINGS_"
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the administrator: ``key: problem``."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    hostname: str = "localhost"
+    data_dir: str = "data"
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # Empty: SQLite in <data_dir>/tidings.db.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    # Both empty: a self-signed certificate is generated in <data_dir>/tls/.
+    cert: str = ""
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    # "host:port"; an empty string disables the listener; port 0 picks a free port.
+    smtp: str = "127.0.0.1:2525"
+
+
+@dataclass(frozen=True)
+class DNSConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    port: int = 25
+    smarthost: str = ""
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_size: int = 25 * 1024 * 1024
+    max_recipients: int = 100
+    max_command_line: int = 512
+    smtp_timeout: float = 300.0
+    # What to do with a bare CR or LF inside message data: "reject" or "normalize".
+    bare_line_endings: str = "reject"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    recipient_delimiter: str = "+"
+    max_alias_depth: int = 10
+    # Most accepted messages committed together in one transaction (group commit).
+    max_batch: int = 64
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_age: float = 5 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    # Where the file was read from; relative paths in it are relative to its folder.
+    base_dir: str = "."
+
+    @property
+    def data_path(self) -> Path:
+        return resolve_path(self.base_dir, self.server.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL: SQLite in the data dir unless a URL is given."""
+        if not self.database.url:
+            return f"sqlite+aiosqlite:///{self.data_path / 'tidings.db'}"
+        return async_database_url(self.database.url, self.base_dir)
+
+
+SECTIONS: dict[str, type[Any]] = {
+    f.name: typing.get_type_hints(Config)[f.name]
+    for f in dataclasses.fields(Config)
+    if f.name != "base_dir"
+}
+
+# Keys whose values are sizes in bytes and may be written "25M", "512K", "1G".
+SIZE_KEYS = {("limits", "max_message_size")}
+CHOICES = {("limits", "bare_line_endings"): ("reject", "normalize")}
+
+
+def resolve_path(base_dir: str, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+def async_database_url(url: str, base_dir: str = ".") -> str:
+    """Map plain ``sqlite://`` / ``postgresql://`` URLs onto the async drivers Tidings uses."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"database.url: not a URL: {url!r}")
+    if scheme in ("sqlite", "sqlite+aiosqlite"):
+        path = rest[1:] if rest.startswith("/") else rest
+        if path and not path.startswith("/") and path != ":memory:":
+            path = str(resolve_path(base_dir, path))
+        return f"sqlite+aiosqlite:///{path}"
+    if scheme in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ConfigError(f"database.url: unsupported database {scheme!r} (use sqlite or postgresql)")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"25M"`` → 26214400. Raises ValueError on anything else."""
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"expected a size such as 25M, got {text!r}")
+    return int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[m.group(2).upper()]
+
+
+def _convert(key: str, hint: Any, value: Any, from_env: bool) -> Any:
+    """Check (and for environment strings, parse) one value against its field's type."""
+    section, _, name = key.partition(".")
+    if (section, name) in SIZE_KEYS:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        raise ConfigError(f"{key}: expected a size such as 25M, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if from_env and isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is bool:
+        if from_env and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        choices = CHOICES.get((section, name))
+        if choices and value not in choices:
+            raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint!r}")  # pragma: no cover
+
+
+def _section_from(section: str, cls: type[Any], values: Mapping[str, Any], from_env: bool) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{section}.{name}"
+        if name not in known:
+            raise ConfigError(f"{key}: unknown key")
+        kwargs[name] = _convert(key, hints[name], value, from_env)
+    return kwargs
+
+
+def build_config(data: Mapping[str, Any], env: Mapping[str, str], base_dir: str) -> Config:
+    """Build and validate a Config from parsed TOML and the environment."""
+    merged: dict[str, dict[str, tuple[Any, bool]]] = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{section}: unknown section")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: expected a table of keys")
+        merged[section] = {k: (v, False) for k, v in values.items()}
+    for var, value in env.items():
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        section, _, name = var[len(ENV_PREFIX) :].lower().partition("__")
+        if section not in SECTIONS:
+            if section == "config":
+                continue
+            raise ConfigError(f"{var}: unknown section {section!r}")
+        merged.setdefault(section, {})[name] = (value, True)
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        values = merged.get(section, {})
+        kwargs: dict[str, Any] = {}
+        for name, (value, from_env) in values.items():
+            kwargs.update(_section_from(section, cls, {name: value}, from_env))
+        sections[section] = cls(**kwargs)
+    config = Config(**sections, base_dir=base_dir)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that need more than one value's type."""
+    for name in (f.name for f in dataclasses.fields(ListenConfig)):
+        address = getattr(config.listen, name)
+        if address:
+            try:
+                parse_hostport(address)
+            except ValueError as e:
+                raise ConfigError(f"listen.{name}: {e}") from None
+    for ns in config.dns.nameservers:
+        try:
+            parse_hostport(ns, default_port=53)
+        except ValueError as e:
+            raise ConfigError(f"dns.nameservers: {e}") from None
+    if bool(config.tls.cert) != bool(config.tls.key):
+        missing = "tls.key" if config.tls.cert else "tls.cert"
+        raise ConfigError(f"{missing}: tls.cert and tls.key must be given together")
+    if config.limits.max_message_size <= 0:
+        raise ConfigError("limits.max_message_size: must be positive")
+    if config.limits.max_recipients <= 0:
+        raise ConfigError("limits.max_recipients: must be positive")
+    if config.limits.max_command_line < 512:
+        raise ConfigError("limits.max_command_line: must be at least 512 (RFC 5321 4.5.3.1.4)")
+    if len(config.delivery.recipient_delimiter) > 1:
+        raise ConfigError("delivery.recipient_delimiter: must be one character or empty")
+    if config.database.url:
+        async_database_url(config.database.url)
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """``"127.0.0.1:25"`` / ``"[::1]:25"`` → (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [host]:port, got {text!r}")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            host, port_text = text, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"expected host:port, got {text!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad port in {text!r}")
+    if not host:
+        raise ValueError(f"missing host in {text!r}")
+    return host, int(port_text)
+
+
+def find_config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit)
+    if env.get("TIDINGS_CONFIG"):
+        return Path(env["TIDINGS_CONFIG"])
+    return Path("tidings.toml")
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate the config file at ``path``."""
+    env = os.environ if env is None else env
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file (write one with `tidings init`)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return build_config(data, env, str(path.resolve().parent))
+
+
+def to_toml(config: Config) -> str:
+    """Render a Config as TOML (every key), for ``tidings init``."""
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines.append(f"[{section}]")
+        for f in dataclasses.fields(getattr(config, section)):
+            lines.append(f"{f.name} = {_toml_value(getattr(getattr(config, section), f.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def replace_section(config: Config, section: str, **changes: Any) -> Config:
+    """A copy of ``config`` with some keys of one section changed (tests, ``init``)."""
+    return dataclasses.replace(
+        config, **{section: dataclasses.replace(getattr(config, section), **changes)}
+    )
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "build_config",
+    "find_config_path",
+    "load_config",
+    "parse_hostport",
+    "parse_size",
+    "to_toml",
+]

@@ -1,0 +1,127 @@
+"""Port 25 policy: the handler hooks behind the MX listener.
+
+Who may send to whom: recipients must be ours (no relay for anyone on this port), the number
+of recipients is bounded, and a message is acknowledged only after ``delivery.deliver`` has
+committed it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from email.utils import formatdate
+from typing import Any
+
+from tidings.address import Address
+from tidings.config import Config
+from tidings.delivery import Delivery, MailDelivery, RecipientError, combine
+from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
+from tidings.store.db import StoreError
+
+log = logging.getLogger(__name__)
+
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def new_message_id() -> str:
+    """A short, unique, sortable-ish id for logs and replies (time + randomness)."""
+    n = int(time.time() * 1000) << 24 | secrets.randbits(24)
+    out = []
+    while n:
+        n, r = divmod(n, len(_ID_ALPHABET))
+        out.append(_ID_ALPHABET[r])
+    return "".join(reversed(out))
+
+
+def received_header(
+    server: TidingsSMTP, session: Any, envelope: TidingsEnvelope, message_id: str
+) -> bytes:
+    """The ``Received:`` trace field (RFC 5321 §4.4) this hop prepends."""
+    peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+    protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP" if session.extended_smtp else "SMTP"
+    if server.tls_active and protocol != "SMTP":
+        protocol += "S"
+    helo = _printable(session.host_name or "unknown")
+    for_clause = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
+    header = (
+        f"Received: from {helo} ([{peer}])\r\n"
+        f"\tby {server.hostname} (Tidings) with {protocol} id {message_id}{for_clause};\r\n"
+        f"\t{formatdate(localtime=False, usegmt=True)}\r\n"
+    )
+    return header.encode("utf-8", "surrogateescape")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() and c not in "()\\" else "?" for c in text)[:255]
+
+
+class InboundHandler:
+    """aiosmtpd handler hooks for the MX listener."""
+
+    def __init__(self, config: Config, delivery: MailDelivery) -> None:
+        self.config = config
+        self.delivery = delivery
+
+    async def handle_MAIL(
+        self,
+        server: TidingsSMTP,
+        session: Any,
+        envelope: TidingsEnvelope,
+        address: Address | None,
+        params: dict[str, str | None],
+    ) -> str | None:
+        return None
+
+    async def handle_RCPT(
+        self,
+        server: TidingsSMTP,
+        session: Any,
+        envelope: TidingsEnvelope,
+        address: Address,
+        params: dict[str, str | None],
+    ) -> str | None:
+        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            resolution = await self.delivery.resolve_recipient(address)
+        except RecipientError as e:
+            log.info("rcpt refused peer=%s to=<%s>: %s", session.peer, address, e.reply)
+            return e.reply
+        except StoreError as e:
+            log.error("rcpt lookup failed: %s", e)
+            return "451 4.3.0 Temporary lookup failure, try again later"
+        envelope.resolutions.append(resolution)
+        return None
+
+    async def handle_DATA(
+        self, server: TidingsSMTP, session: Any, envelope: TidingsEnvelope
+    ) -> str:
+        message_id = new_message_id()
+        assert isinstance(envelope.content, bytes)
+        content = received_header(server, session, envelope, message_id) + envelope.content
+        local, remote = combine(envelope.resolutions)
+        delivery = Delivery(
+            id=message_id,
+            sender=envelope.mail_from or "",
+            content=content,
+            local=local,
+            remote=remote,
+        )
+        try:
+            await self.delivery.deliver(delivery)
+        except RecipientError as e:
+            log.info("message %s refused: %s", message_id, e.reply)
+            return e.reply
+        except StoreError as e:
+            log.error("message %s not stored: %s", message_id, e)
+            return "451 4.3.0 Message not stored (storage unavailable), try again later"
+        log.info(
+            "accepted id=%s from=<%s> rcpts=%d size=%d peer=%s",
+            message_id,
+            envelope.mail_from,
+            len(envelope.rcpt_tos),
+            len(content),
+            session.peer,
+        )
+        return f"250 2.0.0 Ok: queued as {message_id}"

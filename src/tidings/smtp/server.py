@@ -1,0 +1,449 @@
+"""The SMTP protocol engine: aiosmtpd's ``SMTP``, extended, and the listener that runs it.
+
+aiosmtpd owns the connection, command dispatch, timeouts and STARTTLS. Tidings adds what a
+mail exchanger needs and aiosmtpd lacks: ESMTP extensions in EHLO (PIPELINING, CHUNKING,
+ENHANCEDSTATUSCODES, SMTPUTF8), strict path parsing, enhanced status codes on every reply,
+BDAT (RFC 3030), and a DATA reader that takes the socket's data in large chunks and finds the
+end-of-data marker itself instead of reading line by line. Policy — who may send what to whom —
+is not here: it lives in the handler's ``handle_MAIL``/``handle_RCPT``/``handle_DATA`` hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tidings.address import Address, AddressError, parse_params, parse_path
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 256 * 1024
+END_OF_DATA = b"\r\n.\r\n"
+# Enhanced status codes (RFC 3463) for replies whose text does not carry one already.
+DEFAULT_ENHANCED = {
+    211: "2.0.0", 214: "2.0.0", 221: "2.0.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
+    421: "4.3.0", 450: "4.2.0", 451: "4.3.0", 452: "4.3.1", 454: "4.7.0", 455: "4.5.4",
+    500: "5.5.2", 501: "5.5.4", 502: "5.5.1", 503: "5.5.1", 504: "5.5.4", 521: "5.3.2",
+    530: "5.7.0", 534: "5.7.9", 535: "5.7.8", 538: "5.7.11", 550: "5.0.0", 551: "5.1.6",
+    552: "5.3.4", 553: "5.1.3", 554: "5.0.0", 555: "5.5.4",
+}  # fmt: skip
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Add an RFC 3463 enhanced status code to a reply that lacks one (RFC 2034 §3)."""
+    if len(reply) < 3 or not reply[:3].isdigit() or reply[0] not in "245":
+        return reply
+    if _HAS_ENHANCED.match(reply):
+        return reply
+    code = int(reply[:3])
+    enhanced = DEFAULT_ENHANCED.get(code, f"{reply[0]}.0.0")
+    sep, text = (reply[3], reply[4:]) if len(reply) > 3 else (" ", "")
+    return f"{reply[:3]}{sep}{enhanced} {text}".rstrip()
+
+
+class TidingsEnvelope(Envelope):
+    """aiosmtpd's envelope plus what Tidings keeps during one transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sender: Address | None = None
+        self.recipients: list[Address] = []
+        self.resolutions: list[Any] = []
+        self.declared_size: int | None = None
+        self.bdat: bytearray | None = None
+        self.bdat_failed: str | None = None
+
+
+class TidingsSMTP(SMTP):
+    """aiosmtpd's protocol engine with the extensions a modern MX speaks."""
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        hostname: str,
+        max_message_size: int,
+        max_command_line: int,
+        timeout: float,
+        bare_line_endings: str,
+        tls_context: ssl.SSLContext | None,
+        implicit_tls: bool = False,
+    ) -> None:
+        super().__init__(
+            handler,
+            hostname=hostname,
+            ident="Tidings ESMTP",
+            data_size_limit=max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            tls_context=None if implicit_tls else tls_context,
+            timeout=timeout,
+            auth_required=False,
+            auth_require_tls=True,
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+        )
+        self.max_message_size = max_message_size
+        self.command_size_limit = max_command_line
+        self.command_size_limits.clear()
+        self.bare_line_endings = bare_line_endings
+        self.implicit_tls = implicit_tls
+
+    # aiosmtpd creates these; Tidings' versions carry more state.
+    def _create_envelope(self) -> TidingsEnvelope:
+        return TidingsEnvelope()
+
+    @property
+    def env(self) -> TidingsEnvelope:
+        assert isinstance(self.envelope, TidingsEnvelope)
+        return self.envelope
+
+    @property
+    def sess(self) -> Session:
+        assert self.session is not None
+        return self.session
+
+    def _reset_transaction(self) -> None:
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+
+    def _reset_envelope(self) -> None:
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    @property
+    def tls_active(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        await super().push(with_enhanced_code(status))
+
+    async def _hook(self, name: str, *args: Any) -> str | None:
+        hook: Callable[..., Any] | None = self._handle_hooks.get(name)
+        if hook is None:
+            return None
+        result: str = await hook(self, self.sess, self.env, *args)
+        return result
+
+    # --- EHLO ----------------------------------------------------------------------------------
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self._reset_transaction()
+        self.sess.extended_smtp = True
+        self.sess.host_name = hostname
+        lines = [
+            f"{self.hostname} greets {hostname}",
+            f"SIZE {self.max_message_size}",
+            "PIPELINING",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+            "CHUNKING",
+        ]
+        if self.tls_context and not self.tls_active:
+            lines.append("STARTTLS")
+        extra = await self._hook("EHLO_EXTENSIONS")
+        if extra:
+            lines.extend(extra.split("\n"))
+        replies = [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"]
+        # One write for the whole reply; push() would add enhanced codes, which EHLO must not.
+        await super().push("\r\n".join(replies))
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if not hostname:
+            await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        self._reset_transaction()
+        self.sess.extended_smtp = False
+        self.sess.host_name = hostname
+        await super().push(f"250 {self.hostname}")
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        await self.push("502 5.5.1 AUTH is not available on this port")
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self.tls_active:
+            await self.push("503 5.5.1 TLS is already active")
+            return
+        await super().smtp_STARTTLS(arg)
+
+    # --- MAIL / RCPT ---------------------------------------------------------------------------
+
+    async def _need_helo(self) -> bool:
+        if not self.sess.host_name:
+            await self.push("503 5.5.1 Send EHLO or HELO first")
+            return True
+        return False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self._need_helo():
+            return
+        if self.env.sender is not None or self.env.mail_from is not None:
+            await self.push("503 5.5.1 Sender already given; send RSET to start over")
+            return
+        if not arg or arg[:5].upper() != "FROM:":
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [parameters]")
+            return
+        try:
+            address, param_text = parse_path(arg[5:], allow_null=True)
+            params = parse_params(param_text)
+        except AddressError as e:
+            await self.push(f"501 5.1.7 Bad sender address syntax: {e}")
+            return
+        if params and not self.sess.extended_smtp:
+            await self.push("501 5.5.4 Parameters need EHLO")
+            return
+        reply = self._check_mail_params(params)
+        if reply:
+            await self.push(reply)
+            return
+        if address and not address.local.isascii() and "SMTPUTF8" not in params:
+            await self.push("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
+            return
+        status = await self._hook("MAIL", address, params)
+        if status is None or status.startswith("250"):
+            self.env.sender = address
+            self.env.mail_from = str(address) if address else ""
+            self.env.mail_options = [f"{k}={v}" if v else k for k, v in params.items()]
+            self.env.smtp_utf8 = "SMTPUTF8" in params
+        await self.push(status or "250 2.1.0 Sender OK")
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> str | None:
+        for key, value in params.items():
+            if key == "SIZE":
+                if not value or not value.isdigit():
+                    return "501 5.5.4 SIZE needs a number"
+                if int(value) > self.max_message_size:
+                    return f"552 5.3.4 Message size exceeds the limit of {self.max_message_size}"
+                self.env.declared_size = int(value)
+            elif key == "BODY":
+                if (value or "").upper() not in ("7BIT", "8BITMIME"):
+                    return "501 5.5.4 BODY must be 7BIT or 8BITMIME"
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return "501 5.5.4 SMTPUTF8 takes no value"
+            else:
+                return f"555 5.5.4 MAIL parameter {key} is not supported"
+        return None
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self._need_helo():
+            return
+        if self.env.mail_from is None:
+            await self.push("503 5.5.1 Send MAIL first")
+            return
+        if not arg or arg[:3].upper() != "TO:":
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        try:
+            address, param_text = parse_path(arg[3:], allow_null=False)
+            params = parse_params(param_text)
+        except AddressError as e:
+            await self.push(f"501 5.1.3 Bad recipient address syntax: {e}")
+            return
+        assert address is not None
+        if params:
+            await self.push(f"555 5.5.4 RCPT parameter {next(iter(params))} is not supported")
+            return
+        if not address.local.isascii() and not self.env.smtp_utf8:
+            await self.push("553 5.6.7 Non-ASCII address needs SMTPUTF8 in MAIL FROM")
+            return
+        status = await self._hook("RCPT", address, params)
+        if status is None:
+            self.env.recipients.append(address)
+            self.env.rcpt_tos.append(str(address))
+        await self.push(status or "250 2.1.5 Recipient OK")
+
+    async def smtp_RSET(self, arg: str | None) -> None:
+        if arg:
+            await self.push("501 5.5.4 Syntax: RSET")
+            return
+        self._reset_transaction()
+        await self.push("250 2.0.0 Reset")
+
+    async def smtp_VRFY(self, arg: str | None) -> None:
+        await self.push("252 2.5.0 Cannot verify the user, but will try delivery")
+
+    async def smtp_NOOP(self, arg: str | None) -> None:
+        await self.push("250 2.0.0 OK")
+
+    # --- DATA ----------------------------------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self._need_helo():
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        if self.env.bdat is not None:
+            await self.push("503 5.5.1 DATA cannot follow BDAT")
+            return
+        if not self.env.rcpt_tos:
+            await self.push("503 5.5.1 Send RCPT first (no valid recipients)")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body, too_big = await self._read_dot_data()
+        if too_big:
+            self._reset_envelope()
+            await self.push(
+                f"552 5.3.4 Message too big: the limit is {self.max_message_size} bytes"
+            )
+            return
+        # RFC 5321 §4.5.2: remove the leading dot of every dot-stuffed line.
+        if body.startswith(b"."):
+            body = body[1:]
+        await self._finish_message(bytes(body).replace(b"\r\n.", b"\r\n"))
+
+    async def _read_dot_data(self) -> tuple[bytearray, bool]:
+        """Read DATA up to CRLF.CRLF in large chunks; returns (raw body, too big).
+
+        The body keeps its final CRLF. Bytes after the marker (pipelined commands) go back to
+        the reader. Past the size limit the data is read and dropped, keeping only a tail long
+        enough to see the marker, so a huge message costs no memory.
+        """
+        reader = self._reader
+        buf = bytearray(b"\r\n")  # a virtual CRLF so that ".\r\n" at once ends an empty body
+        scanned = 0
+        too_big = False
+        limit = self.max_message_size + 2
+        while True:
+            idx = buf.find(END_OF_DATA, max(0, scanned - 4))
+            if idx >= 0:
+                rest = buf[idx + len(END_OF_DATA) :]
+                if rest:
+                    reader._buffer[0:0] = rest  # type: ignore[attr-defined]  # pipelined commands
+                return (bytearray() if too_big else buf[2 : idx + 2]), too_big
+            scanned = len(buf)
+            if scanned > limit:
+                too_big = True
+                del buf[:-4]
+                scanned = len(buf)
+            chunk = await reader.read(READ_CHUNK)
+            if not chunk:
+                raise ConnectionResetError("connection closed during DATA")
+            self._reset_timeout()
+            buf += chunk
+
+    # --- BDAT (RFC 3030) -----------------------------------------------------------------------
+
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        words = (arg or "").split()
+        if (
+            not 1 <= len(words) <= 2
+            or not words[0].isdigit()
+            or (len(words) == 2 and words[1].upper() != "LAST")
+        ):
+            # The size is unknown, so the chunk cannot be skipped: the session is lost.
+            await self.push("501 5.5.4 Syntax: BDAT size [LAST]; closing the connection")
+            assert self.transport is not None
+            self.transport.close()
+            return
+        size, last = int(words[0]), len(words) == 2
+        refusal = await self._bdat_refusal()
+        data = await self._read_exactly(size, keep=refusal is None)
+        envelope = self.env
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        if envelope.bdat is None:
+            envelope.bdat = bytearray()
+        if envelope.bdat_failed is None and len(envelope.bdat) + size > self.max_message_size:
+            envelope.bdat_failed = (
+                f"552 5.3.4 Message too big: the limit is {self.max_message_size} bytes"
+            )
+            envelope.bdat = bytearray()
+        if envelope.bdat_failed is None:
+            envelope.bdat += data
+        if not last:
+            await self.push(envelope.bdat_failed or f"250 2.0.0 {size} octets received")
+            return
+        if envelope.bdat_failed is not None:
+            failed = envelope.bdat_failed
+            self._reset_envelope()
+            await self.push(failed)
+            return
+        await self._finish_message(bytes(envelope.bdat))
+
+    async def _bdat_refusal(self) -> str | None:
+        if not self.sess.host_name:
+            return "503 5.5.1 Send EHLO first"
+        if self.env.mail_from is None:
+            return "503 5.5.1 Send MAIL first"
+        if not self.env.rcpt_tos:
+            return "503 5.5.1 Send RCPT first (no valid recipients)"
+        return None
+
+    async def _read_exactly(self, size: int, *, keep: bool) -> bytes:
+        """Read a BDAT chunk; when not keeping it (or past the limit), drop it as it comes."""
+        if keep and size <= self.max_message_size:
+            data = await self._reader.readexactly(size)
+            self._reset_timeout()
+            return data
+        remaining = size
+        while remaining:
+            chunk = await self._reader.read(min(remaining, READ_CHUNK))
+            if not chunk:
+                raise ConnectionResetError("connection closed during BDAT")
+            self._reset_timeout()
+            remaining -= len(chunk)
+        return b""
+
+    # --- end of a message ----------------------------------------------------------------------
+
+    async def _finish_message(self, body: bytes) -> None:
+        """Check line endings, hand the message to the DATA hook, reply, reset the envelope."""
+        body, problem = check_line_endings(body, self.bare_line_endings)
+        if problem:
+            self._reset_envelope()
+            await self.push(problem)
+            return
+        self.env.content = body
+        self.env.original_content = body
+        status = await self._hook("DATA")
+        self._reset_envelope()
+        await self.push(status or "250 2.0.0 OK")
+
+
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+def check_line_endings(body: bytes, policy: str) -> tuple[bytes, str | None]:
+    """Refuse or repair bare CR / bare LF (RFC 5321 §2.3.8), the stuff of SMTP smuggling.
+
+    Returns (body, None) when acceptable — repaired to CRLF under "normalize" — or
+    (body, reply) when refused.
+    """
+    crlf = body.count(b"\r\n")
+    if body.count(b"\n") == crlf and body.count(b"\r") == crlf:
+        return body, None
+    if policy == "normalize":
+        return _BARE.sub(b"\r\n", body), None
+    return body, "550 5.6.11 Message contains bare CR or LF; lines must end with CRLF"
+
+
+async def start_listener(
+    name: str,
+    host: str,
+    port: int,
+    factory: Callable[[], asyncio.Protocol],
+    ssl_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
+    """Bind one listener; an OSError here means the address cannot be used."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        factory, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
+    )
+    log.info("%s listening on %s", name, ", ".join(_addr(s) for s in server.sockets))
+    return server
+
+
+def _addr(sock: Any) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,130 @@
+"""Engine, connections and migrations for SQLite and PostgreSQL.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when it returns, which is
+what lets Tidings answer ``250`` after it. Write transactions begin with ``BEGIN IMMEDIATE`` so
+that two writers queue on the database lock (``busy_timeout``) instead of one failing when it
+upgrades a read lock; read transactions stay deferred and never wait for writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Any fixed number: it names the lock that serialises migrations across Tidings processes.
+MIGRATION_LOCK_ID = 0x7469_6469
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (database down, disk full): a temporary failure."""
+
+
+class Store:
+    """One database, shared by every listener and worker of a Tidings process."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Connect to ``url`` (an async SQLAlchemy URL) and bring the schema up to date."""
+        is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if is_sqlite:
+            path = url.split(":///", 1)[1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        engine = create_async_engine(url, **kwargs)
+        if is_sqlite:
+            _configure_sqlite(engine)
+        store = cls(engine)
+        if migrate:
+            try:
+                await store.migrate()
+            except BaseException:
+                await engine.dispose()
+                raise
+        return store
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> None:
+        """Apply every Alembic migration not yet applied (idempotent)."""
+        try:
+            async with self.write() as conn:
+                if not self.is_sqlite:
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                    )
+                await conn.run_sync(_upgrade_to_head)
+        except (OSError, DBAPIError) as e:
+            raise StoreError(f"cannot open the database: {describe_db_error(e)}") from e
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: commits on leaving the block, rolls back on an exception."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(tidings_write=True)
+            async with conn.begin():
+                yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event, below, own transaction boundaries.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("tidings_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def describe_db_error(error: BaseException) -> str:
+    """One line for a log or an error reply: the driver's message without SQL or parameters."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        return str(error.orig).strip().splitlines()[0]
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def is_transient(error: BaseException) -> bool:
+    """Database errors that a retry can cure: locks, connection loss, a full disk."""
+    return isinstance(error, OperationalError | OSError | asyncio.TimeoutError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    )

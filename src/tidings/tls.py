@@ -1,0 +1,84 @@
+"""TLS: server contexts (TLS 1.2 or newer) and the self-signed certificate of the default setup.
+
+The self-signed certificate names the configured hostname, ``localhost`` and the loopback
+addresses, because clients such as mbsync and fetchmail check the name even when told to
+trust the certificate itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from tidings.config import Config, ConfigError, resolve_path
+
+
+def certificate_paths(config: Config) -> tuple[Path, Path]:
+    """The certificate and key to serve: the configured ones, or the generated pair."""
+    if config.tls.cert:
+        return resolve_path(config.base_dir, config.tls.cert), resolve_path(
+            config.base_dir, config.tls.key
+        )
+    tls_dir = config.data_path / "tls"
+    return tls_dir / "cert.pem", tls_dir / "key.pem"
+
+
+def server_context(config: Config) -> ssl.SSLContext:
+    """The SSL context every listener uses; generates the self-signed pair if needed."""
+    cert, key = certificate_paths(config)
+    if not config.tls.cert and not (cert.exists() and key.exists()):
+        write_self_signed(cert, key, config.server.hostname)
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"tls.cert: {cert} and {key} are not a usable pair: {e}") from None
+    return context
+
+
+def write_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
+    """Write a self-signed RSA-2048 certificate for ``hostname``, localhost and loopback."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    dns_names = dict.fromkeys([hostname, "localhost"])
+    names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key_bytes)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
