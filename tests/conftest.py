@@ -1,0 +1,69 @@
+"""Fixtures: a store on each backend, and a real Tidings server on loopback.
+
+Every store-touching test is parametrised over SQLite and PostgreSQL (``backend``); the
+PostgreSQL cluster is started once per test process by ``tests/pg.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import TidingsServer, write_config  # noqa: E402
+from pg import PostgresServer, start_postgres  # noqa: E402
+
+from tidings.store.db import Store  # noqa: E402
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'tidings.db'}"
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    with postgres.database() as url:
+        yield url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    s = await Store.open(db_url)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def server_config(tmp_path: Path, db_url: str) -> Path:
+    return write_config(tmp_path, db_url)
+
+
+@pytest.fixture
+def server(server_config: Path) -> Iterator[TidingsServer]:
+    s = TidingsServer(server_config).start()
+    try:
+        yield s
+    finally:
+        s.stop()
