@@ -14,10 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import TidingsServer, write_config  # noqa: E402
-from pg import PostgresServer, start_postgres  # noqa: E402
-
-from tidings.store.db import Store  # noqa: E402
+from helpers import TidingsServer, write_config
+from pg import PostgresServer, start_postgres
+from tidings.store.db import Store
 
 BACKENDS = ["sqlite", "postgresql"]
 

@@ -38,8 +38,13 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
     return path
 
 
-def tidings(config: Path | None, *args: str, input: str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
+def tidings(
+    config: Path | None,
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     """Run the ``tidings`` command as a user would."""
     cmd = [sys.executable, "-m", "tidings"]
     if config is not None:
@@ -63,16 +68,19 @@ class TidingsServer:
 
     def start(self, timeout: float = 30) -> TidingsServer:
         self.log_path = self.config.parent / "server.log"
+        self.addresses = {}
         log = self.log_path.open("ab")
+        offset = log.tell()  # only this run's lines count
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tidings", "--config", str(self.config), "serve"],
             stdout=log, stderr=log, env={**os.environ, **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
-        seen = 0
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
-            for line in text.splitlines()[seen:]:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            for line in text.splitlines():
                 m = READY.search(line)
                 if m:
                     self.addresses = {}
@@ -112,6 +120,126 @@ class TidingsServer:
 
     def restart(self) -> TidingsServer:
         self.stop()
-        self.addresses = {}
-        # Reuse the ports the previous run had, so clients can reconnect to the same place.
         return self.start()
+
+
+async def stored_messages(db_url: str, address: str, mailbox: str = "INBOX") -> list[bytes]:
+    """The bodies in one mailbox of one account, in UID order, as the store holds them."""
+    from sqlalchemy import select
+
+    from tidings.store.db import Store
+    from tidings.store.models import Account, Blob, Mailbox, Message
+
+    store = await Store.open(db_url, migrate=False)
+    try:
+        async with store.read() as conn:
+            rows = await conn.execute(
+                select(Blob.data)
+                .join(Message, Message.blob_id == Blob.id)
+                .join(Mailbox, Mailbox.id == Message.mailbox_id)
+                .join(Account, Account.id == Mailbox.account_id)
+                .where(Account.address == address.lower(), Mailbox.name == mailbox)
+                .order_by(Message.uid)
+            )
+            return [bytes(d) for (d,) in rows]
+    finally:
+        await store.close()
+
+
+async def stored_uids(db_url: str, address: str, mailbox: str = "INBOX") -> list[int]:
+    """UIDs in one mailbox in the order the rows were inserted."""
+    from sqlalchemy import select
+
+    from tidings.store.db import Store
+    from tidings.store.models import Account, Mailbox, Message
+
+    store = await Store.open(db_url, migrate=False)
+    try:
+        async with store.read() as conn:
+            rows = await conn.execute(
+                select(Message.uid)
+                .join(Mailbox, Mailbox.id == Message.mailbox_id)
+                .join(Account, Account.id == Mailbox.account_id)
+                .where(Account.address == address.lower(), Mailbox.name == mailbox)
+                .order_by(Message.id)
+            )
+            return [u for (u,) in rows]
+    finally:
+        await store.close()
+
+
+async def queued(db_url: str) -> list[tuple[str, str]]:
+    """(sender, recipient) of every queue row."""
+    from sqlalchemy import select
+
+    from tidings.store.db import Store
+    from tidings.store.models import QueueItem
+
+    store = await Store.open(db_url, migrate=False)
+    try:
+        async with store.read() as conn:
+            rows = await conn.execute(
+                select(QueueItem.sender, QueueItem.recipient).order_by(QueueItem.id)
+            )
+            return [(s, r) for s, r in rows]
+    finally:
+        await store.close()
+
+
+async def add_users(db_url: str, *addresses: str, quota: int = 0) -> None:
+    """Create the domains and accounts (password "secret") the test needs."""
+    from tidings.auth import hash_password
+    from tidings.store import accounts
+    from tidings.store.db import Store
+
+    store = await Store.open(db_url)
+    try:
+        domains = {d.name for d in await accounts.list_domains(store)}
+        hashed = hash_password("secret")
+        for address in addresses:
+            domain = address.rpartition("@")[2]
+            if domain not in domains:
+                await accounts.add_domain(store, domain)
+                domains.add(domain)
+            await accounts.add_account(store, address, hashed, quota)
+    finally:
+        await store.close()
+
+
+async def add_domain(db_url: str, domain: str) -> None:
+    from tidings.store import accounts
+    from tidings.store.db import Store
+
+    store = await Store.open(db_url)
+    try:
+        await accounts.add_domain(store, domain)
+    finally:
+        await store.close()
+
+
+async def add_alias(db_url: str, source: str, *targets: str) -> None:
+    from tidings.store import accounts
+    from tidings.store.db import Store
+
+    store = await Store.open(db_url)
+    try:
+        await accounts.add_alias(store, source, list(targets))
+    finally:
+        await store.close()
+
+
+async def create_mailbox(db_url: str, address: str, name: str) -> None:
+    from sqlalchemy import select
+
+    from tidings.store import accounts
+    from tidings.store.db import Store
+    from tidings.store.models import Account
+
+    store = await Store.open(db_url)
+    try:
+        async with store.write() as conn:
+            account_id = await conn.scalar(select(Account.id).where(Account.address == address))
+            assert account_id is not None
+            await accounts.create_mailbox(conn, account_id, name)
+    finally:
+        await store.close()

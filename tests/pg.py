@@ -23,9 +23,10 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 
 def find_pg_bindir() -> Path | None:
-    for candidate in [os.environ.get("TIDINGS_PG_BINDIR", "")] + sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), reverse=True
-    ):
+    for candidate in [
+        os.environ.get("TIDINGS_PG_BINDIR", ""),
+        *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True),
+    ]:
         if candidate and (Path(candidate) / "pg_ctl").exists():
             return Path(candidate)
     found = shutil.which("pg_ctl")

@@ -10,18 +10,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# Non-ASCII Unicode scalar values: what UTF-8 can carry (RFC 3629). Surrogates are left out:
+# they only appear when undecodable bytes were decoded with surrogateescape.
+_NON_ASCII = r"\u0080-\ud7ff\ue000-\U0010ffff"
 # RFC 5321 §4.1.2 atext (plus UTF-8 for SMTPUTF8, RFC 6531 §3.3).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff]"
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-" + _NON_ASCII + "]"
 _DOT_STRING = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
-_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\u0080-\U0010ffff]|\\[\x20-\x7e])*"')
-_LETDIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LABEL = rf"(?:{_LETDIG}(?:[A-Za-z0-9\-\u0080-\U0010ffff]*{_LETDIG})?)"
+_QUOTED_STRING = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e' + _NON_ASCII + r']|\\[\x20-\x7e])*"')
+_LETDIG = rf"[A-Za-z0-9{_NON_ASCII}]"
+_LABEL = rf"(?:{_LETDIG}(?:[A-Za-z0-9\-{_NON_ASCII}]*{_LETDIG})?)"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _ADDRESS_LITERAL = re.compile(r"\[[\x21-\x5a\x5e-\x7e]+\]")
 _AT_DOMAIN = rf"@(?:{_DOMAIN.pattern}|{_ADDRESS_LITERAL.pattern})"
 _SOURCE_ROUTE = re.compile(rf"{_AT_DOMAIN}(?:,{_AT_DOMAIN})*:")
+# A host name after IDNA encoding: LDH labels of 1-63 characters (RFC 1035 §2.3.1, RFC 5890).
+_LDH_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_ASCII_DOMAIN = re.compile(rf"(?:{_LDH_LABEL}\.)*{_LDH_LABEL}")
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
-_ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+")
+_ESMTP_VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e" + _NON_ASCII + "]+")
 
 MAX_DOMAIN = 255
 
@@ -52,16 +58,21 @@ class Address:
 
 def normalize_domain(domain: str) -> str:
     """Lower-case, drop one trailing dot, and turn an internationalised name into A-labels."""
-    domain = domain.strip()
+    domain = domain.strip(" \t\r\n")  # not str.strip(): U+0085, U+3000… are not ours to drop
     if domain.endswith("."):
         domain = domain[:-1]
     if domain.startswith("["):
         return domain.lower()
     if not domain.isascii():
         try:
-            domain = domain.encode("idna").decode("ascii")
+            encoded = domain.encode("idna").decode("ascii")
         except UnicodeError as e:
             raise AddressError(f"invalid internationalised domain {domain!r}") from e
+        # IDNA 2003 mapping can turn a label into nothing, a space or more dots ("a.\u2488" →
+        # "a.1."): what comes out must still be a host name (RFC 1035 §2.3.1, RFC 5321 §4.5.3.1.2).
+        if not _ASCII_DOMAIN.fullmatch(encoded) or len(encoded) > MAX_DOMAIN:
+            raise AddressError(f"invalid internationalised domain {domain!r}")
+        domain = encoded
     return domain.lower()
 
 

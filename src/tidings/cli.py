@@ -297,11 +297,23 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], None]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        print(
+            f"tidings: --log-level: unknown level {args.log_level!r} "
+            "(use DEBUG, INFO, WARNING or ERROR)",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command != "serve" and level > logging.DEBUG:
+        # An admin command answers on stdout and fails with one line on stderr; the migration
+        # notes of opening the store belong in the server's log, not on the terminal.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.command == "init":
             cmd_init(args)

@@ -10,6 +10,7 @@ start.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -278,6 +279,19 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.max_command_line: must be at least 512 (RFC 5321 4.5.3.1.4)")
     if len(config.delivery.recipient_delimiter) > 1:
         raise ConfigError("delivery.recipient_delimiter: must be one character or empty")
+    if config.delivery.max_alias_depth < 0:
+        raise ConfigError("delivery.max_alias_depth: must not be negative")
+    if config.delivery.max_batch < 1:
+        raise ConfigError("delivery.max_batch: must be at least 1")
+    if not 1 <= config.relay.port <= 65535:
+        raise ConfigError(f"relay.port: must be between 1 and 65535, got {config.relay.port}")
+    for key, seconds in (
+        ("dns.timeout", config.dns.timeout),
+        ("limits.smtp_timeout", config.limits.smtp_timeout),
+        ("queue.max_age", config.queue.max_age),
+    ):
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"{key}: must be a positive number of seconds, got {seconds!r}")
     if config.database.url:
         async_database_url(config.database.url)
 
@@ -298,7 +312,7 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         if default_port is None:
             raise ValueError(f"expected host:port, got {text!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"bad port in {text!r}")
     if not host:
         raise ValueError(f"missing host in {text!r}")
@@ -323,6 +337,8 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: no such config file (write one with `tidings init`)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 at byte {e.start}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

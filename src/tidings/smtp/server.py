@@ -15,7 +15,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -99,15 +99,15 @@ class TidingsSMTP(SMTP):
     def _create_envelope(self) -> TidingsEnvelope:
         return TidingsEnvelope()
 
+    # Typed views of aiosmtpd's optional attributes. They must not raise: aiosmtpd inspects
+    # every member of the protocol object when it is created, before these are set.
     @property
     def env(self) -> TidingsEnvelope:
-        assert isinstance(self.envelope, TidingsEnvelope)
-        return self.envelope
+        return cast(TidingsEnvelope, self.envelope)
 
     @property
     def sess(self) -> Session:
-        assert self.session is not None
-        return self.session
+        return cast(Session, self.session)
 
     def _reset_transaction(self) -> None:
         self._set_rset_state()  # type: ignore[no-untyped-call]
@@ -319,6 +319,7 @@ class TidingsSMTP(SMTP):
                 rest = buf[idx + len(END_OF_DATA) :]
                 if rest:
                     reader._buffer[0:0] = rest  # type: ignore[attr-defined]  # pipelined commands
+                too_big = too_big or idx > self.max_message_size
                 return (bytearray() if too_big else buf[2 : idx + 2]), too_big
             scanned = len(buf)
             if scanned > limit:
