@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -60,9 +61,8 @@ class App:
         try:
             server = await start_listener(name, host, port, factory)
         except OSError as e:
-            raise ConfigError(
-                f"listen.{name}: cannot listen on {address}: {e.strerror or e}"
-            ) from None
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise ConfigError(f"listen.{name}: cannot listen on {address}: {reason}") from None
         self.servers.append(server)
         sockname = server.sockets[0].getsockname()
         self.addresses[name] = f"{sockname[0]}:{sockname[1]}"

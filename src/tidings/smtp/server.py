@@ -37,15 +37,23 @@ _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
 
 def with_enhanced_code(reply: str) -> str:
-    """Add an RFC 3463 enhanced status code to a reply that lacks one (RFC 2034 §3)."""
-    if len(reply) < 3 or not reply[:3].isdigit() or reply[0] not in "245":
-        return reply
-    if _HAS_ENHANCED.match(reply):
+    """Add an RFC 3463 enhanced status code to a reply that lacks one (RFC 2034 §3).
+
+    220 is left alone: it is the greeting, which must start with the domain (RFC 5321 §4.2)
+    and which RFC 2034 §3 exempts, or the go-ahead for STARTTLS.
+    """
+    if (
+        len(reply) < 3
+        or not reply[:3].isdigit()
+        or reply[0] not in "245"
+        or reply[3:4] not in ("", " ", "-")
+        or reply.startswith("220")
+        or _HAS_ENHANCED.match(reply)
+    ):
         return reply
     code = int(reply[:3])
     enhanced = DEFAULT_ENHANCED.get(code, f"{reply[0]}.0.0")
-    sep, text = (reply[3], reply[4:]) if len(reply) > 3 else (" ", "")
-    return f"{reply[:3]}{sep}{enhanced} {text}".rstrip()
+    return f"{reply[:3]}{reply[3:4] or ' '}{enhanced} {reply[4:]}".rstrip()
 
 
 class TidingsEnvelope(Envelope):
