@@ -14,24 +14,38 @@ No delivery is acknowledged before the commit that holds it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import (
+    BigInteger,
+    CompoundSelect,
+    String,
+    bindparam,
+    cast,
+    literal,
+    null,
+    select,
+    union_all,
+)
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.address import Address, normalize_domain
 from tidings.config import DeliveryConfig
-from tidings.queue.store import enqueue
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError, describe_db_error
-from tidings.store.mailbox import (
+from tidings.store.filing import (
+    Usage,
     account_usage,
     add_usage,
     allocate_uids,
+    enqueue,
     insert_messages,
     store_blobs,
 )
@@ -114,28 +128,29 @@ class MailDelivery:
 
     # --- recipients ---------------------------------------------------------------------------
 
-    async def is_local_domain(self, domain: str) -> bool:
-        async with self.store.read() as conn:
-            return await _is_local_domain(conn, domain)
-
     async def resolve_recipient(self, address: Address) -> Resolution:
         """Where mail for ``address`` goes; RecipientError if it must be refused."""
         try:
-            async with self.store.read() as conn:
-                if not await _is_local_domain(conn, address.domain):
-                    raise RelayDenied(str(address))
-                if address.is_quoted or address.domain.startswith("["):
-                    raise UnknownRecipient(str(address))
-                resolution = await self._expand(conn, address.key, depth=0, seen=set())
-                if resolution is None or not (resolution.local or resolution.remote):
-                    raise UnknownRecipient(str(address))
-                await self._check_quota(conn, address, resolution)
-                return resolution
+            return await self.store.run_read(functools.partial(self._resolve, address))
         except SQLAlchemyError as e:
             raise StoreError(describe_db_error(e)) from e
 
-    async def _expand(
-        self, conn: AsyncConnection, key: str, depth: int, seen: set[str]
+    def _resolve(self, address: Address, conn: Connection) -> Resolution:
+        lookup = _Lookup.prefetch(conn, address, self.config.recipient_delimiter)
+        if not lookup.is_local_domain(address.domain):
+            raise RelayDenied(str(address))
+        if address.is_quoted or address.domain.startswith("["):
+            raise UnknownRecipient(str(address))
+        resolution = self._expand(lookup, address.key, depth=0, seen=frozenset())
+        if resolution is None or not (resolution.local or resolution.remote):
+            raise UnknownRecipient(str(address))
+        usage = lookup.usage(t.account_id for t in resolution.local)
+        if any(u.quota_bytes and u.used_bytes >= u.quota_bytes for u in usage.values()):
+            raise MailboxFull(str(address))
+        return resolution
+
+    def _expand(
+        self, lookup: _Lookup, key: str, depth: int, seen: frozenset[str]
     ) -> Resolution | None:
         """Follow aliases from ``key`` (a lower-cased address); None if it leads nowhere."""
         if depth > self.config.max_alias_depth or key in seen:
@@ -143,42 +158,42 @@ class MailDelivery:
             return None
         seen = seen | {key}
         local_part, _, domain = key.rpartition("@")
-        targets = await _alias_targets(conn, key)
+        targets = lookup.alias_targets(key)
         if targets:
-            return await self._expand_targets(conn, key, targets, depth, seen)
-        target = await _account_mailbox(conn, key, None)
+            return self._expand_targets(lookup, key, targets, depth, seen)
+        target = lookup.account_mailbox(key, None)
         if target is not None:
             return Resolution(local=(target,))
         delimiter = self.config.recipient_delimiter
         if delimiter and delimiter in local_part:
             base_local, _, detail = local_part.partition(delimiter)
             base = f"{base_local}@{domain}"
-            target = await _account_mailbox(conn, base, detail) if base_local else None
-            if target is not None:
-                return Resolution(local=(target,))
-            base_targets = await _alias_targets(conn, base) if base_local else []
-            if base_targets:
-                return await self._expand_targets(conn, base, base_targets, depth, seen)
-        catch_all = await _alias_targets(conn, "@" + domain)
+            if base_local:
+                target = lookup.account_mailbox(base, detail)
+                if target is not None:
+                    return Resolution(local=(target,))
+                base_targets = lookup.alias_targets(base)
+                if base_targets:
+                    return self._expand_targets(lookup, base, base_targets, depth, seen)
+        catch_all = lookup.alias_targets("@" + domain)
         if catch_all:
-            return await self._expand_targets(conn, key, catch_all, depth, seen)
+            return self._expand_targets(lookup, key, catch_all, depth, seen)
         return None
 
-    async def _expand_targets(
-        self, conn: AsyncConnection, source: str, targets: list[str], depth: int, seen: set[str]
+    def _expand_targets(
+        self, lookup: _Lookup, source: str, targets: list[str], depth: int, seen: frozenset[str]
     ) -> Resolution | None:
         local: list[LocalTarget] = []
         remote: list[str] = []
         for target in targets:
-            domain = target.rpartition("@")[2]
-            if not await _is_local_domain(conn, domain):
+            if not lookup.is_local_domain(target.rpartition("@")[2]):
                 remote.append(target)
                 continue
             if target == source:  # "alice → alice, bob": keep a copy for alice herself
-                found = await _account_mailbox(conn, target, None)
+                found = lookup.account_mailbox(target, None)
                 sub = Resolution(local=(found,)) if found else None
             else:
-                sub = await self._expand(conn, target, depth + 1, seen)
+                sub = self._expand(lookup, target, depth + 1, seen)
             if sub is None:
                 log.warning("alias %s: target %s leads nowhere; skipped", source, target)
                 continue
@@ -187,13 +202,6 @@ class MailDelivery:
         if not local and not remote:
             return None
         return Resolution(tuple(local), tuple(remote))
-
-    async def _check_quota(
-        self, conn: AsyncConnection, address: Address, resolution: Resolution
-    ) -> None:
-        usage = await account_usage(conn, (t.account_id for t in resolution.local))
-        if any(u.quota_bytes and u.used_bytes >= u.quota_bytes for u in usage.values()):
-            raise MailboxFull(str(address))
 
     # --- delivery ----------------------------------------------------------------------------
 
@@ -233,55 +241,63 @@ class MailDelivery:
                 _settle(p.done, outcome)
 
     async def _commit(self, deliveries: list[Delivery]) -> list[Exception | None]:
-        """Store ``deliveries`` in one transaction; per delivery, None or the refusal."""
-        at = now()
-        outcomes: list[Exception | None] = [None] * len(deliveries)
-        async with self.store.write() as conn:
-            usage = await account_usage(conn, (t.account_id for d in deliveries for t in d.local))
-            used = {aid: u.used_bytes for aid, u in usage.items()}
-            added: Counter[int] = Counter()
-            accepted: list[Delivery] = []
-            for i, d in enumerate(deliveries):
-                per_account = Counter(t.account_id for t in d.local)
-                full = [
-                    aid
-                    for aid, copies in per_account.items()
-                    if usage[aid].quota_bytes
-                    and used[aid] + copies * len(d.content) > usage[aid].quota_bytes
-                ]
-                if full:
-                    address = next(t.address for t in d.local if t.account_id in full)
-                    outcomes[i] = MailboxFull(address)
-                    continue
-                for aid, copies in per_account.items():
-                    used[aid] += copies * len(d.content)
-                    added[aid] += copies * len(d.content)
-                accepted.append(d)
-            blob_ids = await store_blobs(conn, [d.content for d in accepted], at)
-            uids = await allocate_uids(
-                conn, Counter(t.mailbox_id for d in accepted for t in d.local)
+        return await self.store.run_write(functools.partial(store_deliveries, deliveries))
+
+
+def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Exception | None]:
+    """Store ``deliveries`` in the caller's transaction; per delivery, None or its refusal.
+
+    A delivery that would take an account over its quota is refused whole (RFC 3463 4.2.2);
+    the others go on. Each accepted message is one blob, one row per target mailbox with the
+    next UIDs, and one queue row per remote recipient.
+    """
+    at = now()
+    outcomes: list[Exception | None] = [None] * len(deliveries)
+    usage = account_usage(conn, (t.account_id for d in deliveries for t in d.local))
+    used = {aid: u.used_bytes for aid, u in usage.items()}
+    added: Counter[int] = Counter()
+    accepted: list[Delivery] = []
+    for i, d in enumerate(deliveries):
+        per_account = Counter(t.account_id for t in d.local)
+        full = [
+            aid
+            for aid, copies in per_account.items()
+            if usage[aid].quota_bytes
+            and used[aid] + copies * len(d.content) > usage[aid].quota_bytes
+        ]
+        if full:
+            outcomes[i] = MailboxFull(next(t.address for t in d.local if t.account_id in full))
+            continue
+        for aid, copies in per_account.items():
+            used[aid] += copies * len(d.content)
+            added[aid] += copies * len(d.content)
+        accepted.append(d)
+    blob_ids = store_blobs(conn, [d.content for d in accepted], at)
+    uids = allocate_uids(conn, Counter(t.mailbox_id for d in accepted for t in d.local))
+    offset: defaultdict[int, int] = defaultdict(int)
+    rows: list[dict[str, object]] = []
+    queue: list[tuple[int, str, str]] = []
+    for d, blob_id in zip(accepted, blob_ids, strict=True):
+        for t in d.local:
+            n = offset[t.mailbox_id]
+            offset[t.mailbox_id] += 1
+            first = uids[t.mailbox_id]
+            rows.append(
+                {
+                    "mailbox_id": t.mailbox_id,
+                    "uid": first.first_uid + n,
+                    "modseq": first.first_modseq + n,
+                    "flags": "",
+                    "internaldate": d.internaldate,
+                    "size": len(d.content),
+                    "blob_id": blob_id,
+                }
             )
-            offset: defaultdict[int, int] = defaultdict(int)
-            rows: list[dict[str, object]] = []
-            for d, blob_id in zip(accepted, blob_ids, strict=True):
-                for t in d.local:
-                    n = offset[t.mailbox_id]
-                    offset[t.mailbox_id] += 1
-                    rows.append(
-                        {
-                            "mailbox_id": t.mailbox_id,
-                            "uid": uids[t.mailbox_id].first_uid + n,
-                            "modseq": uids[t.mailbox_id].first_modseq + n,
-                            "flags": "",
-                            "internaldate": d.internaldate,
-                            "size": len(d.content),
-                            "blob_id": blob_id,
-                        }
-                    )
-                await enqueue(conn, blob_id, d.sender, d.remote, at)
-            await insert_messages(conn, rows)
-            await add_usage(conn, added)
-        return outcomes
+        queue.extend((blob_id, d.sender, r) for r in d.remote)
+    insert_messages(conn, rows)
+    enqueue(conn, queue, at)
+    add_usage(conn, added)
+    return outcomes
 
 
 def _settle(done: asyncio.Future[None], outcome: Exception | None) -> None:
@@ -300,37 +316,132 @@ def _as_store_error(error: Exception) -> Exception:
     return StoreError(describe_db_error(error))
 
 
-async def _is_local_domain(conn: AsyncConnection, domain: str) -> bool:
-    domain = normalize_domain(domain)
-    return await conn.scalar(select(Domain.id).where(Domain.name == domain)) is not None
+@dataclass(frozen=True, slots=True)
+class _AccountRow:
+    account_id: int
+    usage: Usage
+    mailboxes: tuple[tuple[str, int], ...]  # (name, id)
 
 
-async def _alias_targets(conn: AsyncConnection, source: str) -> list[str]:
-    rows = await conn.execute(select(Alias.target).where(Alias.source == source))
-    return [t for (t,) in rows]
+class _Lookup:
+    """The directory as one RCPT's resolution sees it: prefetched in one query, else asked.
 
+    ``prefetch`` reads in one statement what resolving a plain address needs — whether its
+    domain is ours, the aliases of the address, of its ``+tag`` base and of the domain's
+    catch-all, and the accounts of the address and its base with their mailboxes and quota —
+    so the common case costs one round trip instead of five. Anything not prefetched (the
+    targets of an alias) is looked up on demand, in the same transaction.
+    """
 
-async def _account_mailbox(
-    conn: AsyncConnection, address: str, folder: str | None
-) -> LocalTarget | None:
-    """The account's mailbox named ``folder`` (exact, then case-insensitive), else INBOX."""
-    account_id = await conn.scalar(select(Account.id).where(Account.address == address))
-    if account_id is None:
-        return None
-    names = [folder, "INBOX"] if folder else ["INBOX"]
-    rows = await conn.execute(
-        select(Mailbox.id, Mailbox.name).where(
-            Mailbox.account_id == account_id,
-            func.lower(Mailbox.name).in_([n.lower() for n in names]),
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.domains: dict[str, bool] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.accounts: dict[str, _AccountRow | None] = {}
+
+    @classmethod
+    def prefetch(cls, conn: Connection, address: Address, delimiter: str) -> _Lookup:
+        lookup = cls(conn)
+        domain = address.domain
+        key = address.key
+        local_part = key.rpartition("@")[0]
+        addresses = [key]
+        if delimiter and delimiter in local_part:
+            base_local = local_part.partition(delimiter)[0]
+            if base_local:
+                addresses.append(f"{base_local}@{domain}")
+        sources = [*addresses, "@" + domain]
+        rows = conn.execute(
+            _prefetch_query(), {"domain": domain, "addresses": addresses, "sources": sources}
         )
+        lookup.domains[domain] = False
+        lookup.aliases = {s: [] for s in sources}
+        mailboxes: dict[str, list[tuple[str, int]]] = {}
+        usage: dict[str, tuple[int, Usage]] = {}
+        for kind, k, v, account_id, mailbox_id, quota, used in rows:
+            if kind == "d":
+                lookup.domains[k] = True
+            elif kind == "a":
+                lookup.aliases[k].append(v)
+            else:
+                mailboxes.setdefault(k, []).append((v, mailbox_id))
+                usage[k] = (account_id, Usage(quota, used))
+        for a in addresses:
+            found = usage.get(a)
+            lookup.accounts[a] = (
+                _AccountRow(found[0], found[1], tuple(mailboxes[a])) if found else None
+            )
+        return lookup
+
+    def is_local_domain(self, domain: str) -> bool:
+        domain = normalize_domain(domain)
+        if domain not in self.domains:
+            found = self.conn.scalar(select(Domain.id).where(Domain.name == domain))
+            self.domains[domain] = found is not None
+        return self.domains[domain]
+
+    def alias_targets(self, source: str) -> list[str]:
+        if source not in self.aliases:
+            rows = self.conn.execute(select(Alias.target).where(Alias.source == source))
+            self.aliases[source] = [t for (t,) in rows]
+        return self.aliases[source]
+
+    def account_mailbox(self, address: str, folder: str | None) -> LocalTarget | None:
+        """The account's mailbox named ``folder`` (exact, then case-insensitive), else INBOX."""
+        if address not in self.accounts:
+            self.accounts[address] = self._account_row(address)
+        row = self.accounts[address]
+        if row is None:
+            return None
+        by_name = dict(row.mailboxes)
+        chosen = None
+        if folder:
+            chosen = by_name.get(folder) or next(
+                (i for n, i in row.mailboxes if n.lower() == folder.lower() and n != "INBOX"),
+                None,
+            )
+        chosen = chosen or by_name.get("INBOX")
+        return None if chosen is None else LocalTarget(row.account_id, chosen, address)
+
+    def _account_row(self, address: str) -> _AccountRow | None:
+        rows = self.conn.execute(
+            select(Account.id, Account.quota_bytes, Account.used_bytes, Mailbox.name, Mailbox.id)
+            .join(Mailbox, Mailbox.account_id == Account.id)
+            .where(Account.address == address)
+        ).all()
+        if not rows:
+            return None
+        account_id, quota, used = rows[0][:3]
+        return _AccountRow(account_id, Usage(quota, used), tuple((r[3], r[4]) for r in rows))
+
+    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
+        ids = set(account_ids)
+        known = {r.account_id: r.usage for r in self.accounts.values() if r is not None}
+        if ids <= known.keys():
+            return {aid: known[aid] for aid in ids}
+        return account_usage(self.conn, ids)
+
+
+@functools.cache
+def _prefetch_query() -> CompoundSelect[Any]:
+    # Typed NULLs: PostgreSQL resolves a UNION's column types pairwise, left to right.
+    text, number = cast(null(), String), cast(null(), BigInteger)
+    return union_all(
+        select(literal("d"), Domain.name, text, number, number, number, number).where(
+            Domain.name == bindparam("domain")
+        ),
+        select(literal("a"), Alias.source, Alias.target, number, number, number, number).where(
+            Alias.source.in_(bindparam("sources", expanding=True))
+        ),
+        select(
+            literal("m"),
+            Account.address,
+            Mailbox.name,
+            Account.id,
+            Mailbox.id,
+            Account.quota_bytes,
+            Account.used_bytes,
+        )
+        .join(Mailbox, Mailbox.account_id == Account.id)
+        .where(Account.address.in_(bindparam("addresses", expanding=True))),
     )
-    by_name = {name: mailbox_id for mailbox_id, name in rows}
-    chosen = None
-    if folder:
-        chosen = by_name.get(folder) or next(
-            (i for n, i in by_name.items() if n.lower() == folder.lower() and n != "INBOX"), None
-        )
-    chosen = chosen or by_name.get("INBOX")
-    if chosen is None:
-        return None
-    return LocalTarget(account_id, chosen, address)

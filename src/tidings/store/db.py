@@ -9,13 +9,15 @@ upgrades a read lock; read transactions stay deferred and never wait for writers
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -28,22 +30,43 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_ID = 0x7469_6469
 
 
+T = TypeVar("T")
+# SQLite threads for run_read (recipient lookups); writes have one thread of their own.
+SQLITE_READERS = 4
+
+
 class StoreError(Exception):
     """The store cannot do what was asked (database down, disk full): a temporary failure."""
 
 
 class Store:
-    """One database, shared by every listener and worker of a Tidings process."""
+    """One database, shared by every listener and worker of a Tidings process.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Two ways in. ``read()``/``write()`` give an async connection for code that waits on the
+    database a few times (administration, protocol sessions). ``run_read(fn)``/``run_write(fn)``
+    run ``fn(conn)``, plain synchronous SQLAlchemy, inside one transaction: for the hot paths
+    that issue many statements (recipient lookups, group commits). On SQLite that function
+    runs whole in a thread with a synchronous connection — one hand-over between threads per
+    transaction instead of several per statement through aiosqlite; on PostgreSQL it runs
+    through ``AsyncConnection.run_sync``. Either way the event loop never blocks.
+    """
+
+    def __init__(self, engine: AsyncEngine, sync_engine: Engine | None = None) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        self.sync_engine = sync_engine
+        self._readers: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        if sync_engine is not None:
+            self._readers = ThreadPoolExecutor(SQLITE_READERS, "tidings-sqlite-read")
+            self._writer = ThreadPoolExecutor(1, "tidings-sqlite-write")
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect to ``url`` (an async SQLAlchemy URL) and bring the schema up to date."""
         is_sqlite = url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
+        sync_engine = None
         if is_sqlite:
             path = url.split(":///", 1)[1]
             if path and path != ":memory:":
@@ -53,17 +76,48 @@ class Store:
             kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
         engine = create_async_engine(url, **kwargs)
         if is_sqlite:
-            _configure_sqlite(engine)
-        store = cls(engine)
+            _configure_sqlite(engine.sync_engine)
+            if path and path != ":memory:":
+                sync_engine = create_engine(
+                    engine.url.set(drivername="sqlite"),
+                    pool_size=SQLITE_READERS + 1,
+                    max_overflow=0,
+                    connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                )
+                _configure_sqlite(sync_engine)
+        store = cls(engine, sync_engine)
         if migrate:
             try:
                 await store.migrate()
             except BaseException:
-                await engine.dispose()
+                await store.close()
                 raise
         return store
 
+    async def run_read(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` in a read transaction; see the class docstring."""
+        if self.sync_engine is None or self._readers is None:
+            async with self.read() as conn:
+                return await conn.run_sync(fn)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_in_transaction, self.sync_engine, fn, write=False)
+        return await loop.run_in_executor(self._readers, call)
+
+    async def run_write(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)`` in a write transaction; returns once it has committed."""
+        if self.sync_engine is None or self._writer is None:
+            async with self.write() as conn:
+                return await conn.run_sync(fn)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_in_transaction, self.sync_engine, fn, write=True)
+        return await loop.run_in_executor(self._writer, call)
+
     async def close(self) -> None:
+        for pool in (self._readers, self._writer):
+            if pool is not None:
+                await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
         await self.engine.dispose()
 
     async def migrate(self) -> None:
@@ -103,8 +157,16 @@ class Store:
             yield conn
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _in_transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool) -> T:
+    with engine.connect() as conn:
+        if write:
+            conn.execution_options(tidings_write=True)
+        with conn.begin():
+            return fn(conn)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event, below, own transaction boundaries.
         dbapi_conn.isolation_level = None
@@ -115,7 +177,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("tidings_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
