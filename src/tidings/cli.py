@@ -152,6 +152,8 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     from tidings.app import serve  # noqa: PLC0415 - keeps admin commands quick to start
 
+    # aiosmtpd logs every command line at INFO; Tidings logs one line per transaction itself.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
     run_loop(serve(config))
 
 

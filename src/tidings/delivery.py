@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -49,7 +48,7 @@ from tidings.store.filing import (
     insert_messages,
     store_blobs,
 )
-from tidings.store.models import Account, Alias, Domain, Mailbox
+from tidings.store.models import Account, Alias, DirectorySerial, Domain, Mailbox
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +81,7 @@ class LocalTarget:
     account_id: int
     mailbox_id: int
     address: str
+    quota_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,36 +117,82 @@ def combine(resolutions: list[Resolution]) -> tuple[tuple[LocalTarget, ...], tup
     return tuple(local.values()), tuple(remote.values())
 
 
+# How often delivery reads the directory serial: changes made with the CLI (a new user, a
+# removed alias, a lower quota) reach RCPT decisions within this many seconds.
+DIRECTORY_POLL_SECONDS = 0.5
+MAX_CACHED_RECIPIENTS = 10_000
+
+
 class MailDelivery:
-    """Resolves recipients and commits deliveries for one store."""
+    """Resolves recipients and commits deliveries for one store.
+
+    Where an address leads is cached until the directory serial moves on (every change to
+    domains, accounts, aliases or mailbox names moves it; see store.accounts.bump_directory),
+    so a busy MX answers most RCPTs without asking the database. Quota use is never cached.
+    """
 
     def __init__(self, store: Store, config: DeliveryConfig) -> None:
         self.store = store
         self.config = config
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
+        self._cache: dict[str, Resolution | str] = {}
+        self._serial: int | None = None
+        self._serial_read_at = 0.0
+        self._serial_reader: asyncio.Task[None] | None = None
 
     # --- recipients ---------------------------------------------------------------------------
 
     async def resolve_recipient(self, address: Address) -> Resolution:
         """Where mail for ``address`` goes; RecipientError if it must be refused."""
         try:
-            return await self.store.run_read(functools.partial(self._resolve, address))
+            serial = await self._directory_serial()
+            entry = self._cache.get(address.key)
+            if entry is None:
+                entry = await self.store.run_read(functools.partial(self._resolve, address))
+                if serial == self._serial:  # nothing changed while we looked
+                    if len(self._cache) >= MAX_CACHED_RECIPIENTS:
+                        self._cache.clear()
+                    self._cache[address.key] = entry
+            if isinstance(entry, str):
+                raise RecipientError(entry)
+            limited = [t.account_id for t in entry.local if t.quota_bytes]
+            if limited:
+                usage = await self.store.run_read(
+                    functools.partial(account_usage, account_ids=limited)
+                )
+                if any(u.quota_bytes and u.used_bytes >= u.quota_bytes for u in usage.values()):
+                    raise MailboxFull(str(address))
+            return entry
         except SQLAlchemyError as e:
             raise StoreError(describe_db_error(e)) from e
 
-    def _resolve(self, address: Address, conn: Connection) -> Resolution:
+    async def _directory_serial(self) -> int | None:
+        """The directory serial, read at most every DIRECTORY_POLL_SECONDS; clears the cache."""
+        now_ = asyncio.get_running_loop().time()
+        if self._serial is None or now_ - self._serial_read_at >= DIRECTORY_POLL_SECONDS:
+            if self._serial_reader is None or self._serial_reader.done():
+                self._serial_reader = asyncio.create_task(self._read_serial())
+            await asyncio.shield(self._serial_reader)
+        return self._serial
+
+    async def _read_serial(self) -> None:
+        serial = await self.store.run_read(lambda conn: conn.scalar(select(DirectorySerial.serial)))
+        if serial != self._serial:
+            self._cache.clear()
+            self._serial = serial
+        self._serial_read_at = asyncio.get_running_loop().time()
+
+    def _resolve(self, address: Address, conn: Connection) -> Resolution | str:
+        """Where ``address`` leads, or the reply refusing it (both worth caching)."""
         lookup = _Lookup.prefetch(conn, address, self.config.recipient_delimiter)
         if not lookup.is_local_domain(address.domain):
-            raise RelayDenied(str(address))
+            return RelayDenied(str(address)).reply
         if address.is_quoted or address.domain.startswith("["):
-            raise UnknownRecipient(str(address))
+            return UnknownRecipient(str(address)).reply
         resolution = self._expand(lookup, address.key, depth=0, seen=frozenset())
         if resolution is None or not (resolution.local or resolution.remote):
-            raise UnknownRecipient(str(address))
-        usage = lookup.usage(t.account_id for t in resolution.local)
-        if any(u.quota_bytes and u.used_bytes >= u.quota_bytes for u in usage.values()):
-            raise MailboxFull(str(address))
+            return UnknownRecipient(str(address)).reply
         return resolution
 
     def _expand(
@@ -401,7 +447,9 @@ class _Lookup:
                 None,
             )
         chosen = chosen or by_name.get("INBOX")
-        return None if chosen is None else LocalTarget(row.account_id, chosen, address)
+        if chosen is None:
+            return None
+        return LocalTarget(row.account_id, chosen, address, row.usage.quota_bytes)
 
     def _account_row(self, address: str) -> _AccountRow | None:
         rows = self.conn.execute(
@@ -414,12 +462,6 @@ class _Lookup:
         account_id, quota, used = rows[0][:3]
         return _AccountRow(account_id, Usage(quota, used), tuple((r[3], r[4]) for r in rows))
 
-    def usage(self, account_ids: Iterable[int]) -> dict[int, Usage]:
-        ids = set(account_ids)
-        known = {r.account_id: r.usage for r in self.accounts.values() if r is not None}
-        if ids <= known.keys():
-            return {aid: known[aid] for aid in ids}
-        return account_usage(self.conn, ids)
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+import time
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from helpers import (
     tidings,
     write_config,
 )
+from tidings.delivery import DIRECTORY_POLL_SECONDS
 
 ALICE = "alice@example.org"
 BOB = "bob@example.org"
@@ -372,6 +374,7 @@ async def test_quota_gives_452_and_stores_nothing(tmp_path: Path, db_url: str) -
             assert client.sendmail("s@sender.example", [ALICE], b"z" * 500 + b"\r\n") == {}
             # The administrator lowers the quota below what is used: refused at RCPT already.
             assert tidings(config, "user", "quota", ALICE, "1K").returncode == 0
+            time.sleep(DIRECTORY_POLL_SECONDS + 0.2)  # the server notices directory changes
             with pytest.raises(smtplib.SMTPRecipientsRefused) as rcpt_error:
                 client.sendmail("s@sender.example", [ALICE], MESSAGE)
             assert rcpt_error.value.recipients[ALICE][0] == 452

@@ -7,6 +7,8 @@ Refusals are :class:`AdminError` with a one-line reason for the administrator.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.address import AddressError, parse_domain, parse_mailbox
 from tidings.store.db import Store
-from tidings.store.models import Account, Alias, Blob, Domain, Mailbox, Message, QueueItem
+from tidings.store.models import (
+    Account,
+    Alias,
+    Blob,
+    DirectorySerial,
+    Domain,
+    Mailbox,
+    Message,
+    QueueItem,
+)
 
 # RFC 6154 special-use mailboxes every new account gets, INBOX first.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -79,6 +90,27 @@ def alias_source(text: str) -> str:
     return account_address(text)
 
 
+@asynccontextmanager
+async def directory_change(store: Store) -> AsyncIterator[AsyncConnection]:
+    """A write transaction that changes who receives mail where (see :func:`bump_directory`)."""
+    async with store.write() as conn:
+        yield conn
+        await bump_directory(conn)
+
+
+async def bump_directory(conn: AsyncConnection) -> None:
+    """Move the directory serial on, so delivery forgets what it cached about recipients.
+
+    Every change to domains, accounts (and their quotas), aliases or mailbox names must call
+    this in its transaction.
+    """
+    await conn.execute(
+        update(DirectorySerial)
+        .where(DirectorySerial.id == 1)
+        .values(serial=DirectorySerial.serial + 1)
+    )
+
+
 async def _domain_id(conn: AsyncConnection, name: str) -> int:
     domain_id = await conn.scalar(select(Domain.id).where(Domain.name == name))
     if domain_id is None:
@@ -94,7 +126,7 @@ async def add_domain(store: Store, name: str) -> str:
         name = parse_domain(name)
     except AddressError as e:
         raise AdminError(str(e)) from None
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         if await conn.scalar(select(Domain.id).where(Domain.name == name)) is not None:
             raise AdminError(f"domain {name!r} already exists")
         await conn.execute(insert(Domain).values(name=name, created_at=now()))
@@ -118,7 +150,7 @@ async def remove_domain(store: Store, name: str) -> None:
         name = parse_domain(name)
     except AddressError as e:
         raise AdminError(str(e)) from None
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         domain_id = await _domain_id(conn, name)
         n = await conn.scalar(select(func.count()).where(Account.domain_id == domain_id))
         if n:
@@ -136,7 +168,7 @@ async def remove_domain(store: Store, name: str) -> None:
 async def add_account(store: Store, address: str, password_hash: str, quota: int = 0) -> str:
     address = account_address(address)
     domain = address.rpartition("@")[2]
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         domain_id = await _domain_id(conn, domain)
         if await conn.scalar(select(Account.id).where(Account.address == address)) is not None:
             raise AdminError(f"account {address!r} already exists")
@@ -180,6 +212,7 @@ async def create_mailbox(
         .returning(Mailbox.id)
     )
     assert isinstance(mailbox_id, int)
+    await bump_directory(conn)
     return mailbox_id
 
 
@@ -201,7 +234,7 @@ async def set_password(store: Store, address: str, password_hash: str) -> None:
 
 async def set_quota(store: Store, address: str, quota: int) -> None:
     address = account_address(address)
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         account_id = await _account_id(conn, address)
         await conn.execute(
             update(Account).where(Account.id == account_id).values(quota_bytes=quota)
@@ -238,7 +271,7 @@ async def list_accounts(store: Store, domain: str | None = None) -> list[Account
 async def remove_account(store: Store, address: str) -> None:
     """Delete the account, its mailboxes and messages, and the bodies no one else shares."""
     address = account_address(address)
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         account_id = await _account_id(conn, address)
         mailbox_ids = select(Mailbox.id).where(Mailbox.account_id == account_id)
         blob_ids = [
@@ -274,7 +307,7 @@ async def add_alias(store: Store, source: str, targets: list[str]) -> AliasInfo:
         raise AdminError("an alias needs at least one target")
     clean_targets = tuple(dict.fromkeys(account_address(t) for t in targets))
     domain = source.rpartition("@")[2]
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         domain_id = await _domain_id(conn, domain)
         existing = {
             t for (t,) in await conn.execute(select(Alias.target).where(Alias.source == source))
@@ -311,7 +344,7 @@ async def list_aliases(store: Store, domain: str | None = None) -> list[AliasInf
 async def remove_alias(store: Store, source: str, targets: list[str] | None = None) -> None:
     """Remove the whole alias, or only some of its targets."""
     source = alias_source(source)
-    async with store.write() as conn:
+    async with directory_change(store) as conn:
         query = delete(Alias).where(Alias.source == source)
         if targets:
             query = query.where(Alias.target.in_([account_address(t) for t in targets]))

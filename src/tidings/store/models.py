@@ -135,3 +135,11 @@ class DkimKey(Base):
     algorithm: Mapped[str] = mapped_column(String(16))
     private_key: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DirectorySerial(Base):
+    """One row: moved on by every change to domains, accounts, aliases or mailbox names."""
+
+    __tablename__ = "directory_serial"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    serial: Mapped[int] = mapped_column(BigInteger)

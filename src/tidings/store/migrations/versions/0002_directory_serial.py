@@ -1,0 +1,29 @@
+"""A serial number that every change to domains, accounts, aliases or mailboxes moves on.
+
+Revision ID: 0002
+Revises: 0001
+
+Delivery caches where recipients lead and polls this one row to know when to forget.
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    table = op.create_table(
+        "directory_serial",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("serial", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_serial")),
+    )
+    op.bulk_insert(table, [{"id": 1, "serial": 0}])
+
+
+def downgrade() -> None:
+    op.drop_table("directory_serial")
