@@ -164,7 +164,7 @@ class MailDelivery:
                 if any(u.quota_bytes and u.used_bytes >= u.quota_bytes for u in usage.values()):
                     raise MailboxFull(str(address))
             return entry
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, OSError) as e:
             raise StoreError(describe_db_error(e)) from e
 
     async def _directory_serial(self) -> int | None:

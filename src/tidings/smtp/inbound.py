@@ -63,6 +63,11 @@ class InboundHandler:
         self.config = config
         self.delivery = delivery
 
+    async def handle_exception(self, error: Exception) -> str:
+        """A fault of ours must not bounce anyone's mail: answer with a temporary failure."""
+        log.exception("error in SMTP session", exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
     async def handle_MAIL(
         self,
         server: TidingsSMTP,
