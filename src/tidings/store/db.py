@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATION_LOCK_ID = 0x7469_6469
 
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 # SQLite threads for run_read (recipient lookups); writes have one thread of their own.
 SQLITE_READERS = 4
@@ -178,9 +180,12 @@ def _in_transaction(engine: Engine, fn: Callable[[Connection], T], *, write: boo
 
 def _checkpoint(engine: Engine) -> None:
     """A passive checkpoint: copies what it can of the WAL without waiting for anyone."""
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        conn.commit()
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            conn.commit()
+    except DBAPIError as e:  # the next one will try again
+        log.warning("WAL checkpoint failed: %s", describe_db_error(e))
 
 
 def _configure_sqlite(engine: Engine, *, autocheckpoint: bool = True) -> None:
