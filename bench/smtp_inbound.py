@@ -57,6 +57,8 @@ def write_config(directory: Path, db_url: str) -> Path:
         f'url = "{db_url}"\n'
         "[listen]\n"
         'smtp = "127.0.0.1:0"\n'
+        'pop3 = ""\n'
+        'pop3s = ""\n'
     )
     path = directory / "tidings.toml"
     path.write_text(text)

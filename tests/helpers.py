@@ -19,7 +19,7 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
     values: dict[str, dict[str, object]] = {
         "server": {"hostname": "mx.tidings.test", "data_dir": str(directory / "data")},
         "database": {"url": db_url},
-        "listen": {"smtp": "127.0.0.1:0"},
+        "listen": {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"},
     }
     for name, keys in sections.items():
         values.setdefault(name, {}).update(keys)
@@ -241,5 +241,70 @@ async def create_mailbox(db_url: str, address: str, name: str) -> None:
             account_id = await conn.scalar(select(Account.id).where(Account.address == address))
             assert account_id is not None
             await accounts.create_mailbox(conn, account_id, name)
+    finally:
+        await store.close()
+
+
+async def deliver_messages(db_url: str, address: str, contents: list[bytes]) -> None:
+    """File messages into ``address``'s INBOX through the one door (MailDelivery), as port 25
+    would after accepting them, without an SMTP session."""
+    import asyncio
+
+    from tidings.address import parse_mailbox
+    from tidings.config import DeliveryConfig
+    from tidings.delivery import Delivery, MailDelivery
+    from tidings.store.db import Store
+
+    store = await Store.open(db_url, migrate=False)
+    try:
+        delivery = MailDelivery(store, DeliveryConfig(max_batch=256))
+        resolution = await delivery.resolve_recipient(parse_mailbox(address))
+        await asyncio.gather(
+            *(
+                delivery.deliver(Delivery(f"t{i}", "s@sender.example", c, resolution.local, ()))
+                for i, c in enumerate(contents)
+            )
+        )
+    finally:
+        await store.close()
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    uids: list[int]
+    flags: dict[int, str]
+    uidvalidity: int
+    highestmodseq: int
+    used_bytes: int
+    blobs: int  # blob rows in the whole store
+
+
+async def mailbox_state(db_url: str, address: str, mailbox: str = "INBOX") -> MailboxState:
+    """What an IMAP client would see of one mailbox, and the account's usage."""
+    from sqlalchemy import func, select
+
+    from tidings.store.db import Store
+    from tidings.store.models import Account, Blob, Mailbox, Message
+
+    store = await Store.open(db_url, migrate=False)
+    try:
+        async with store.read() as conn:
+            box = (
+                await conn.execute(
+                    select(
+                        Mailbox.id, Mailbox.uidvalidity, Mailbox.highestmodseq, Account.used_bytes
+                    )
+                    .join(Account, Account.id == Mailbox.account_id)
+                    .where(Account.address == address.lower(), Mailbox.name == mailbox)
+                )
+            ).one()
+            rows = await conn.execute(
+                select(Message.uid, Message.flags)
+                .where(Message.mailbox_id == box[0])
+                .order_by(Message.uid)
+            )
+            flags = {uid: f for uid, f in rows}
+            blobs = await conn.scalar(select(func.count()).select_from(Blob))
+            return MailboxState(list(flags), flags, box[1], box[2], box[3], int(blobs or 0))
     finally:
         await store.close()

@@ -7,18 +7,43 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import ssl
 from collections.abc import Callable
 
+from tidings.auth import AuthFailureLimiter
 from tidings.config import Config, ConfigError, parse_hostport
 from tidings.delivery import MailDelivery
+from tidings.pop3.session import Pop3Service, Pop3Settings
 from tidings.smtp.inbound import InboundHandler
-from tidings.smtp.server import TidingsSMTP, start_listener
+from tidings.smtp.server import TidingsSMTP
 from tidings.store.db import Store
 from tidings.tls import server_context
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
+
+
+async def start_listener(
+    name: str,
+    host: str,
+    port: int,
+    factory: Callable[[], asyncio.Protocol],
+    ssl_context: ssl.SSLContext | None = None,
+) -> asyncio.Server:
+    """Bind one listener; an OSError here means the address cannot be used."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        factory, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
+    )
+    log.info("%s listening on %s", name, ", ".join(_addr(s) for s in server.sockets))
+    return server
+
+
+def _addr(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class App:
@@ -34,10 +59,19 @@ class App:
         self.tls = server_context(config)
         self.store = await Store.open(config.database_url)
         self.delivery = MailDelivery(self.store, config.delivery)
+        limits = config.limits
+        # One limiter for every protocol that takes passwords, so a guesser gains nothing by
+        # switching between them.
+        self.auth_limiter = AuthFailureLimiter(
+            limits.auth_max_failures_per_ip,
+            limits.auth_max_failures_per_account,
+            limits.auth_failure_window,
+        )
         try:
             if config.listen.smtp:
                 handler = InboundHandler(config, self.delivery)
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
+            await self._start_pop3()
         except BaseException:
             await self.stop()
             raise
@@ -54,12 +88,35 @@ class App:
             tls_context=self.tls,
         )
 
+    async def _start_pop3(self) -> None:
+        config = self.config
+        if not (config.listen.pop3 or config.listen.pop3s):
+            return
+        settings = Pop3Settings(
+            hostname=config.server.hostname,
+            keep_on_server=config.pop3.keep_on_server,
+            allow_insecure_auth=config.pop3.allow_insecure_auth,
+            timeout=config.limits.pop3_timeout,
+            auth_failure_delay=config.limits.auth_failure_delay,
+        )
+        self.pop3 = Pop3Service(self.store, settings, self.auth_limiter, self.tls)
+        if config.listen.pop3:
+            await self._listen("pop3", config.listen.pop3, self.pop3.protocol_factory(False))
+        if config.listen.pop3s:
+            await self._listen(
+                "pop3s", config.listen.pop3s, self.pop3.protocol_factory(True), self.tls
+            )
+
     async def _listen(
-        self, name: str, address: str, factory: Callable[[], asyncio.Protocol]
+        self,
+        name: str,
+        address: str,
+        factory: Callable[[], asyncio.Protocol],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         host, port = parse_hostport(address)
         try:
-            server = await start_listener(name, host, port, factory)
+            server = await start_listener(name, host, port, factory, ssl_context)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise ConfigError(f"listen.{name}: cannot listen on {address}: {reason}") from None
@@ -71,6 +128,8 @@ class App:
         """Stop accepting, let commits in progress finish, close the store."""
         for server in self.servers:
             server.close()
+        if hasattr(self, "pop3"):
+            await self.pop3.close()
         if hasattr(self, "delivery"):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)

@@ -50,6 +50,9 @@ class TLSConfig:
 class ListenConfig:
     # "host:port"; an empty string disables the listener; port 0 picks a free port.
     smtp: str = "127.0.0.1:2525"
+    # POP3 with STLS (RFC 2595), and POP3 over implicit TLS (RFC 8314).
+    pop3: str = "127.0.0.1:1110"
+    pop3s: str = "127.0.0.1:1995"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ class LimitsConfig:
     smtp_timeout: float = 300.0
     # What to do with a bare CR or LF inside message data: "reject" or "normalize".
     bare_line_endings: str = "reject"
+    # Seconds a POP3 client may stay idle before it is logged out (RFC 1939 §3: at least 600).
+    pop3_timeout: float = 600.0
+    # Failed logins (POP3, IMAP): the pause before a failure is answered, and how many failures
+    # per client address and per account within auth_failure_window lock further attempts out.
+    auth_failure_delay: float = 2.0
+    auth_max_failures_per_ip: int = 10
+    auth_max_failures_per_account: int = 30
+    auth_failure_window: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,15 @@ class DeliveryConfig:
     max_alias_depth: int = 10
     # Most accepted messages committed together in one transaction (group commit).
     max_batch: int = 64
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    # DELE only flags the message \\Deleted (hidden from POP3, still seen by IMAP) instead of
+    # expunging it at QUIT.
+    keep_on_server: bool = False
+    # Allow USER/PASS and AUTH on port 110 before STLS (passwords in clear text).
+    allow_insecure_auth: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +118,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: str = "."
 
@@ -281,6 +302,15 @@ def validate(config: Config) -> None:
         raise ConfigError("delivery.recipient_delimiter: must be one character or empty")
     if config.delivery.max_alias_depth < 0:
         raise ConfigError("delivery.max_alias_depth: must not be negative")
+    for key, count in (
+        ("limits.auth_max_failures_per_ip", config.limits.auth_max_failures_per_ip),
+        ("limits.auth_max_failures_per_account", config.limits.auth_max_failures_per_account),
+    ):
+        if count < 0:
+            raise ConfigError(f"{key}: must not be negative (0 turns the limit off)")
+    delay = config.limits.auth_failure_delay
+    if not (math.isfinite(delay) and delay >= 0):
+        raise ConfigError("limits.auth_failure_delay: must be a number of seconds, 0 or more")
     if config.delivery.max_batch < 1:
         raise ConfigError("delivery.max_batch: must be at least 1")
     if not 1 <= config.relay.port <= 65535:
@@ -288,6 +318,8 @@ def validate(config: Config) -> None:
     for key, seconds in (
         ("dns.timeout", config.dns.timeout),
         ("limits.smtp_timeout", config.limits.smtp_timeout),
+        ("limits.pop3_timeout", config.limits.pop3_timeout),
+        ("limits.auth_failure_window", config.limits.auth_failure_window),
         ("queue.max_age", config.queue.max_age),
     ):
         if not (math.isfinite(seconds) and seconds > 0):

@@ -463,7 +463,6 @@ class _Lookup:
         return _AccountRow(account_id, Usage(quota, used), tuple((r[3], r[4]) for r in rows))
 
 
-
 @functools.cache
 def _prefetch_query() -> CompoundSelect[Any]:
     # Typed NULLs: PostgreSQL resolves a UNION's column types pairwise, left to right.

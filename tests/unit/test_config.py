@@ -79,6 +79,7 @@ def test_every_section_is_a_frozen_dataclass() -> None:
     config = build()
     assert set(SECTIONS) == {
         "server", "database", "tls", "listen", "dns", "relay", "limits", "delivery", "queue",
+        "pop3",
     }  # fmt: skip
     for name in SECTIONS:
         section = getattr(config, name)
@@ -463,8 +464,8 @@ def test_find_config_path() -> None:
 # --- config/tidings.example.toml -----------------------------------------------------------
 
 _DEFAULT_LINE = re.compile(r"^#\s*Default:\s*(?P<value>.*?)\s{2,}Env:\s*(?P<env>\S+)\s*$")
-_KEY_LINE = re.compile(r"^(?:#\s*)?(?P<key>[a-z_]+)\s*=")
-_SECTION_LINE = re.compile(r"^\[(?P<section>[a-z_]+)\]\s*$")
+_KEY_LINE = re.compile(r"^(?:#\s*)?(?P<key>[a-z0-9_]+)\s*=")
+_SECTION_LINE = re.compile(r"^\[(?P<section>[a-z0-9_]+)\]\s*$")
 
 
 def _example_by_section() -> dict[str, list[str]]:

@@ -10,7 +10,6 @@ is not here: it lives in the handler's ``handle_MAIL``/``handle_RCPT``/``handle_
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import ssl
@@ -435,24 +434,3 @@ def check_line_endings(body: bytes, policy: str) -> tuple[bytes, str | None]:
     if policy == "normalize":
         return _BARE.sub(b"\r\n", body), None
     return body, "550 5.6.11 Message contains bare CR or LF; lines must end with CRLF"
-
-
-async def start_listener(
-    name: str,
-    host: str,
-    port: int,
-    factory: Callable[[], asyncio.Protocol],
-    ssl_context: ssl.SSLContext | None = None,
-) -> asyncio.Server:
-    """Bind one listener; an OSError here means the address cannot be used."""
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        factory, host, port, ssl=ssl_context, reuse_address=True, backlog=1024
-    )
-    log.info("%s listening on %s", name, ", ".join(_addr(s) for s in server.sockets))
-    return server
-
-
-def _addr(sock: Any) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
