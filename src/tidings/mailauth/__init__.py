@@ -1,0 +1,1 @@
+"""Mail authentication: SPF (RFC 7208) now; DKIM, DMARC and Authentication-Results follow."""
