@@ -6,11 +6,13 @@ PostgreSQL cluster is started once per test process by ``tests/pg.py``.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -19,6 +21,12 @@ from pg import PostgresServer, start_postgres
 from tidings.store.db import Store
 
 BACKENDS = ["sqlite", "postgresql"]
+
+# Property tests explore anew on a developer's machine; in CI they replay the same examples, so
+# a run's outcome does not depend on luck, and no deadline fails a test on a busy machine.
+settings.register_profile("ci", derandomize=True, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")

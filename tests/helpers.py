@@ -29,6 +29,8 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
         for key, value in keys.items():
             if isinstance(value, str):
                 lines.append(f'{key} = "{value}"')
+            elif isinstance(value, list | tuple):
+                lines.append(f"{key} = [{', '.join(repr(str(v)) for v in value)}]")
             elif isinstance(value, bool):
                 lines.append(f"{key} = {'true' if value else 'false'}")
             else:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from tidings.auth import AuthFailureLimiter
 from tidings.config import Config, ConfigError, parse_hostport
 from tidings.delivery import MailDelivery
+from tidings.dns import Resolver
+from tidings.mailauth.dmarc import organizational_domain
 from tidings.pop3.session import Pop3Service, Pop3Settings
 from tidings.smtp.inbound import InboundHandler
 from tidings.smtp.server import TidingsSMTP
@@ -69,7 +71,12 @@ class App:
         )
         try:
             if config.listen.smtp:
-                handler = InboundHandler(config, self.delivery)
+                resolver = None
+                if config.mailauth.enabled:
+                    resolver = Resolver.from_config(config.dns)
+                    # The public suffix list loads on first use (~60 ms): not on a session.
+                    await asyncio.to_thread(organizational_domain, "example.com")
+                handler = InboundHandler(config, self.delivery, resolver)
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
             await self._start_pop3()
         except BaseException:

@@ -10,6 +10,7 @@ start.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -103,6 +104,18 @@ class Pop3Config:
 
 
 @dataclass(frozen=True)
+class MailAuthConfig:
+    # Check SPF, DKIM and DMARC on port 25 and write Authentication-Results.
+    enabled: bool = True
+    # Clients in these networks (this host, a trusted relay) are not checked, as Postfix's
+    # mynetworks: their mail is taken as it is.
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # The strictest DMARC disposition applied: "reject", "quarantine" (never reject) or
+    # "none" (only record the verdict).
+    dmarc_max_disposition: str = "reject"
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     max_age: float = 5 * 24 * 3600.0
 
@@ -119,6 +132,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: str = "."
 
@@ -142,7 +156,10 @@ SECTIONS: dict[str, type[Any]] = {
 
 # Keys whose values are sizes in bytes and may be written "25M", "512K", "1G".
 SIZE_KEYS = {("limits", "max_message_size")}
-CHOICES = {("limits", "bare_line_endings"): ("reject", "normalize")}
+CHOICES = {
+    ("limits", "bare_line_endings"): ("reject", "normalize"),
+    ("mailauth", "dmarc_max_disposition"): ("reject", "quarantine", "none"),
+}
 
 
 def resolve_path(base_dir: str, path: str) -> Path:
@@ -324,6 +341,13 @@ def validate(config: Config) -> None:
     ):
         if not (math.isfinite(seconds) and seconds > 0):
             raise ConfigError(f"{key}: must be a positive number of seconds, got {seconds!r}")
+    for network in config.mailauth.trusted_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"mailauth.trusted_networks: not a network: {network!r} (use e.g. 10.0.0.0/8)"
+            ) from None
     if config.database.url:
         async_database_url(config.database.url)
 

@@ -14,6 +14,7 @@ No delivery is acknowledged before the commit that holds it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import Counter, defaultdict
@@ -46,6 +47,7 @@ from tidings.store.filing import (
     allocate_uids,
     enqueue,
     insert_messages,
+    special_use_mailboxes,
     store_blobs,
 )
 from tidings.store.models import Account, Alias, DirectorySerial, Domain, Mailbox
@@ -102,6 +104,8 @@ class Delivery:
     local: tuple[LocalTarget, ...]
     remote: tuple[str, ...]
     internaldate: datetime = field(default_factory=now)
+    # Quarantined (DMARC p=quarantine): local copies go to each account's Junk mailbox.
+    junk: bool = False
 
 
 @dataclass
@@ -299,6 +303,7 @@ def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Excep
     """
     at = now()
     outcomes: list[Exception | None] = [None] * len(deliveries)
+    deliveries = _quarantined(conn, deliveries)
     usage = account_usage(conn, (t.account_id for d in deliveries for t in d.local))
     used = {aid: u.used_bytes for aid, u in usage.items()}
     added: Counter[int] = Counter()
@@ -344,6 +349,31 @@ def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Excep
     enqueue(conn, queue, at)
     add_usage(conn, added)
     return outcomes
+
+
+def _quarantined(conn: Connection, deliveries: list[Delivery]) -> list[Delivery]:
+    """Deliveries with their junk ones redirected to Junk (INBOX or +folder is kept when an
+    account has no Junk mailbox)."""
+    accounts = {t.account_id for d in deliveries if d.junk for t in d.local}
+    if not accounts:
+        return deliveries
+    junk = special_use_mailboxes(conn, accounts, "\\Junk")
+    return [
+        dataclasses.replace(
+            d,
+            local=tuple(
+                {
+                    t.account_id: dataclasses.replace(
+                        t, mailbox_id=junk.get(t.account_id, t.mailbox_id)
+                    )
+                    for t in d.local
+                }.values()
+            ),
+        )
+        if d.junk
+        else d
+        for d in deliveries
+    ]
 
 
 def _settle(done: asyncio.Future[None], outcome: Exception | None) -> None:

@@ -79,7 +79,7 @@ def test_every_section_is_a_frozen_dataclass() -> None:
     config = build()
     assert set(SECTIONS) == {
         "server", "database", "tls", "listen", "dns", "relay", "limits", "delivery", "queue",
-        "pop3",
+        "pop3", "mailauth",
     }  # fmt: skip
     for name in SECTIONS:
         section = getattr(config, name)

@@ -243,7 +243,9 @@ class Record:
 
 _VERSION = re.compile(r"v=spf1(?: |\Z)", re.IGNORECASE)
 _NAME = re.compile(r"([+\-?~]?)([A-Za-z][A-Za-z0-9_.\-]*)")
-_DUAL_CIDR = re.compile(r"(?P<rest>.*?)(?:/(?P<c4>0|[1-9][0-9]*))?(?://(?P<c6>0|[1-9][0-9]*))?\Z")
+_DUAL_CIDR = re.compile(
+    r"(?P<rest>.*?)(?:/(?P<c4>0|[1-9][0-9]*))?(?://(?P<c6>0|[1-9][0-9]*))?\Z", re.DOTALL
+)
 _IP_CIDR = re.compile(r"(?P<addr>[0-9A-Fa-f:.]+)(?:/(?P<len>0|[1-9][0-9]*))?\Z")
 
 

@@ -2,11 +2,14 @@
 
 Who may send to whom: recipients must be ours (no relay for anyone on this port), the number
 of recipients is bounded, and a message is acknowledged only after ``delivery.deliver`` has
-committed it.
+committed it. Mail from clients outside ``mailauth.trusted_networks`` is authenticated (SPF
+from MAIL FROM on, DKIM and DMARC at the end of DATA) and carries our Authentication-Results.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -16,6 +19,10 @@ from typing import Any
 from tidings.address import Address
 from tidings.config import Config
 from tidings.delivery import Delivery, MailDelivery, RecipientError, combine
+from tidings.dns import Resolver
+from tidings.mailauth.dmarc import Policy
+from tidings.mailauth.spf import spf_for_session
+from tidings.mailauth.verdict import judge
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
 from tidings.store.db import StoreError
 
@@ -59,9 +66,28 @@ def _printable(text: str) -> str:
 class InboundHandler:
     """aiosmtpd handler hooks for the MX listener."""
 
-    def __init__(self, config: Config, delivery: MailDelivery) -> None:
+    def __init__(
+        self, config: Config, delivery: MailDelivery, resolver: Resolver | None = None
+    ) -> None:
         self.config = config
         self.delivery = delivery
+        self.resolver = resolver if config.mailauth.enabled else None
+        self.trusted = [
+            ipaddress.ip_network(n, strict=False) for n in config.mailauth.trusted_networks
+        ]
+        self.ceiling = Policy(config.mailauth.dmarc_max_disposition)
+
+    def _checked(self, session: Any) -> bool:
+        """Whether this client's mail is authenticated (not trusted, checks enabled)."""
+        if self.resolver is None or not isinstance(session.peer, tuple):
+            return False
+        try:
+            ip = ipaddress.ip_address(session.peer[0].partition("%")[0])
+        except ValueError:
+            return True
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not any(ip in network for network in self.trusted)
 
     async def handle_exception(self, error: Exception) -> str:
         """A fault of ours must not bounce anyone's mail: answer with a temporary failure."""
@@ -76,6 +102,16 @@ class InboundHandler:
         address: Address | None,
         params: dict[str, str | None],
     ) -> str | None:
+        if self.resolver is not None and self._checked(session):
+            envelope.spf_check = asyncio.create_task(
+                spf_for_session(
+                    self.resolver,
+                    session.peer[0],
+                    str(address) if address else "",
+                    session.host_name or "",
+                    receiver=self.config.server.hostname,
+                )
+            )
         return None
 
     async def handle_RCPT(
@@ -104,14 +140,29 @@ class InboundHandler:
     ) -> str:
         message_id = new_message_id()
         assert isinstance(envelope.content, bytes)
-        content = received_header(server, session, envelope, message_id) + envelope.content
+        message, junk = envelope.content, False
+        trace = received_header(server, session, envelope, message_id)
+        if self.resolver is not None and envelope.spf_check is not None:
+            verdict = await judge(
+                self.resolver,
+                message,
+                await envelope.spf_check,
+                authserv_id=self.config.server.hostname,
+                ceiling=self.ceiling,
+            )
+            if verdict.refusal is not None:
+                log.info("message %s refused: %s", message_id, verdict.refusal)
+                return verdict.refusal
+            message, junk = verdict.message, verdict.disposition is Policy.QUARANTINE
+            trace = verdict.header + trace
         local, remote = combine(envelope.resolutions)
         delivery = Delivery(
             id=message_id,
             sender=envelope.mail_from or "",
-            content=content,
+            content=trace + message,
             local=local,
             remote=remote,
+            junk=junk,
         )
         try:
             await self.delivery.deliver(delivery)
@@ -126,7 +177,7 @@ class InboundHandler:
             message_id,
             envelope.mail_from,
             len(envelope.rcpt_tos),
-            len(content),
+            len(delivery.content),
             session.peer,
         )
         return f"250 2.0.0 Ok: queued as {message_id}"

@@ -10,6 +10,7 @@ is not here: it lives in the handler's ``handle_MAIL``/``handle_RCPT``/``handle_
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import ssl
@@ -66,6 +67,8 @@ class TidingsEnvelope(Envelope):
         self.declared_size: int | None = None
         self.bdat: bytearray | None = None
         self.bdat_failed: str | None = None
+        # The SPF check a handler may start at MAIL FROM and await at the end of DATA.
+        self.spf_check: asyncio.Task[Any] | None = None
 
 
 class TidingsSMTP(SMTP):

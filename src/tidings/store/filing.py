@@ -87,6 +87,21 @@ def add_usage(conn: Connection, added: Mapping[int, int]) -> None:
         )
 
 
+def special_use_mailboxes(
+    conn: Connection, account_ids: Iterable[int], special_use: str
+) -> dict[int, int]:
+    """{account id: id of its mailbox with this RFC 6154 special use}, where it has one."""
+    ids = sorted(set(account_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(
+        select(Mailbox.account_id, Mailbox.id).where(
+            Mailbox.account_id.in_(ids), Mailbox.special_use == special_use
+        )
+    )
+    return {account_id: mailbox_id for account_id, mailbox_id in rows}
+
+
 def enqueue(conn: Connection, rows: Sequence[tuple[int, str, str]], at: datetime) -> None:
     """Queue (blob_id, sender, recipient) rows for relay, due now."""
     if rows:

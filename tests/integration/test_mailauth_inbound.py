@@ -1,0 +1,134 @@
+"""SPF, DKIM and DMARC on the MX listener, end to end: real SMTP, real DNS on loopback.
+
+The tests' client connects from 127.0.0.1, which the default config trusts; these servers
+trust no network, so every message is checked as if it came from the internet.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from dnsserver import DNSTestServer
+from helpers import TidingsServer, add_users, stored_messages, write_config
+
+ALICE = "alice@example.org"
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY_PEM = KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
+KEY_RECORD = "v=DKIM1; k=rsa; p=" + base64.b64encode(
+    KEY.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+).decode("ascii")
+ZONE = {
+    "sender.example": [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+    "_dmarc.sender.example": [("TXT", "v=DMARC1; p=reject")],
+    "sel._domainkey.sender.example": [("TXT", KEY_RECORD)],
+    "reject.example": [("TXT", "v=spf1 -all")],
+    "_dmarc.reject.example": [("TXT", "v=DMARC1; p=reject")],
+    "quarantine.example": [("TXT", "v=spf1 -all")],
+    "_dmarc.quarantine.example": [("TXT", "v=DMARC1; p=quarantine")],
+    "slow.example": [("TIMEOUT", None)],
+}
+
+
+def message(from_domain: str, body: bytes = b"Hello.\r\n", extra: bytes = b"") -> bytes:
+    return (
+        extra + b"From: Sender <someone@" + from_domain.encode() + b">\r\n"
+        b"To: alice@example.org\r\nSubject: checked\r\n"
+        b"Message-ID: <1@" + from_domain.encode() + b">\r\n\r\n" + body
+    )
+
+
+def signed(msg: bytes) -> bytes:
+    signature = dkim.sign(
+        msg, b"sel", b"sender.example", KEY_PEM, include_headers=[b"from", b"to", b"subject"]
+    )
+    return bytes(signature) + msg
+
+
+@pytest.fixture(scope="module")
+def dns_server() -> Iterator[DNSTestServer]:
+    with DNSTestServer(ZONE) as server:
+        yield server
+
+
+def mailauth_server(
+    tmp_path: Path, db_url: str, dns: DNSTestServer, **mailauth: object
+) -> TidingsServer:
+    config = write_config(
+        tmp_path,
+        db_url,
+        dns={"nameservers": [dns.address], "timeout": 1.0},
+        mailauth={"trusted_networks": [], **mailauth},
+    )
+    return TidingsServer(config).start()
+
+
+def send(server: TidingsServer, mail_from: str, msg: bytes) -> tuple[int, bytes]:
+    with smtplib.SMTP(*server.smtp) as client:
+        client.ehlo("client.example")
+        client.mail(mail_from)
+        assert client.rcpt(ALICE)[0] == 250
+        return client.data(msg)
+
+
+async def test_verdicts_and_where_mail_lands(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    await add_users(db_url, ALICE)
+    server = mailauth_server(tmp_path, db_url, dns_server)
+    try:
+        forged = b"Authentication-Results: mx.tidings.test; dmarc=pass header.from=evil.example\r\n"
+        foreign = b"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example\r\n"
+        good = signed(message("sender.example", extra=foreign))
+        assert send(server, "someone@sender.example", forged + good)[0] == 250
+
+        code, reply = send(server, "someone@reject.example", message("reject.example"))
+        assert (code, reply[:5]) == (550, b"5.7.1"), reply
+        assert b"DMARC policy for reject.example" in reply
+
+        # Signed, then altered in transit, from an IP SPF does not allow: nothing aligns.
+        altered = signed(message("sender.example")).replace(b"Hello.", b"Hullo.")
+        code, reply = send(server, "bounce@reject.example", altered)
+        assert (code, reply[:5]) == (550, b"5.7.1"), reply
+
+        assert send(server, "someone@quarantine.example", message("quarantine.example"))[0] == 250
+
+        code, reply = send(server, "someone@slow.example", message("slow.example"))
+        assert code == 451 and reply.startswith(b"4.7."), reply
+    finally:
+        server.stop()
+
+    (inbox,) = await stored_messages(db_url, ALICE)
+    header = inbox[: inbox.index(b"\r\nReceived: ")].decode()
+    assert header.startswith("Authentication-Results: mx.tidings.test;")
+    for verdict in ("spf=pass", "dkim=pass", "dmarc=pass"):
+        assert verdict in header, header
+    assert inbox.count(b"Authentication-Results: mx.tidings.test") == 1, "forged verdict removed"
+    assert b"Authentication-Results: other.example;" in inbox, "other hosts' verdicts stay"
+    (junk,) = await stored_messages(db_url, ALICE, "Junk")
+    assert b"dmarc=fail" in junk and b"header.from=quarantine.example" in junk
+
+
+async def test_local_policy_can_cap_dmarc_at_quarantine(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    await add_users(db_url, ALICE)
+    server = mailauth_server(tmp_path, db_url, dns_server, dmarc_max_disposition="quarantine")
+    try:
+        assert send(server, "someone@reject.example", message("reject.example"))[0] == 250
+    finally:
+        server.stop()
+    assert await stored_messages(db_url, ALICE) == []
+    (junk,) = await stored_messages(db_url, ALICE, "Junk")
+    assert b"dmarc=fail (p=reject dis=reject" in junk
