@@ -383,3 +383,23 @@ async def test_quota_gives_452_and_stores_nothing(tmp_path: Path, db_url: str) -
         server.stop()
     assert len(await stored_messages(db_url, ALICE)) == 2
     assert await stored_messages(db_url, BOB) == [], "no half-stored message"
+
+
+async def test_mail_in_flight_for_a_removed_account_never_reaches_a_new_one(
+    server: TidingsServer, server_config: Path, users: None, db_url: str
+) -> None:
+    """The account is removed between RCPT and DATA and a new one is added: its ids must be
+    new, so the message cannot be filed under the old ids into someone else's mailbox."""
+    w = Wire(server.smtp)
+    w.cmd("EHLO c.example")
+    w.cmd("MAIL FROM:<s@sender.example>")
+    assert w.cmd("RCPT TO:<bob@example.org>").startswith("250")
+    assert tidings(server_config, "user", "remove", BOB).returncode == 0
+    add = tidings(server_config, "user", "add", "mallory@example.org", "--password-stdin",
+                  input="pw\n")  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    assert w.cmd("DATA").startswith("354")
+    w.send(MESSAGE + b".\r\n")
+    assert w.reply().startswith("451 4.3.0")
+    w.close()
+    assert await stored_messages(db_url, "mallory@example.org") == []

@@ -37,8 +37,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
+# SQLite reuses the largest deleted rowid unless a table says AUTOINCREMENT: a new account
+# could take a removed one's ids, and mail in flight for the old address would reach it.
+NO_REUSE = {"sqlite_autoincrement": True}
+
+
 class Domain(Base):
     __tablename__ = "domains"
+    __table_args__ = (NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(253), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -46,6 +52,7 @@ class Domain(Base):
 
 class Account(Base):
     __tablename__ = "accounts"
+    __table_args__ = (NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
     address: Mapped[str] = mapped_column(String(320), unique=True)
@@ -62,7 +69,7 @@ class Alias(Base):
     """One row per (source, target). A source ``@domain`` is that domain's catch-all."""
 
     __tablename__ = "aliases"
-    __table_args__ = (UniqueConstraint("source", "target"),)
+    __table_args__ = (UniqueConstraint("source", "target"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
     source: Mapped[str] = mapped_column(String(320), index=True)
@@ -72,7 +79,7 @@ class Alias(Base):
 
 class Mailbox(Base):
     __tablename__ = "mailboxes"
-    __table_args__ = (UniqueConstraint("account_id", "name"),)
+    __table_args__ = (UniqueConstraint("account_id", "name"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(1000))
@@ -88,6 +95,7 @@ class Blob(Base):
     """A message's bytes, stored once per delivery and shared by every copy of it."""
 
     __tablename__ = "blobs"
+    __table_args__ = (NO_REUSE,)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
@@ -97,7 +105,7 @@ class Blob(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("mailbox_id", "uid"),)
+    __table_args__ = (UniqueConstraint("mailbox_id", "uid"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     uid: Mapped[int] = mapped_column(BigInteger)
@@ -113,7 +121,7 @@ class QueueItem(Base):
     """One outbound recipient of one message, waiting for the relay worker."""
 
     __tablename__ = "queue"
-    __table_args__ = (Index("ix_queue_state_next_attempt", "state", "next_attempt"),)
+    __table_args__ = (Index("ix_queue_state_next_attempt", "state", "next_attempt"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), index=True)
     sender: Mapped[str] = mapped_column(String(320))
@@ -128,7 +136,7 @@ class QueueItem(Base):
 
 class DkimKey(Base):
     __tablename__ = "dkim_keys"
-    __table_args__ = (UniqueConstraint("domain_id", "selector"),)
+    __table_args__ = (UniqueConstraint("domain_id", "selector"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"))
     selector: Mapped[str] = mapped_column(String(63))

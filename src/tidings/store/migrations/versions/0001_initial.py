@@ -1,5 +1,7 @@
 """The first schema: domains, accounts, aliases, mailboxes, messages, blobs, queue, DKIM keys.
 
+Every table is AUTOINCREMENT on SQLite, so that no id is ever given to a second row.
+
 Revision ID: 0001
 Revises:
 """
@@ -22,6 +24,7 @@ def upgrade() -> None:
         sa.Column("data", sa.LargeBinary(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_blobs")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_blobs_sha256"), "blobs", ["sha256"], unique=False)
     op.create_table(
@@ -31,6 +34,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_domains")),
         sa.UniqueConstraint("name", name=op.f("uq_domains_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "accounts",
@@ -49,6 +53,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
         sa.UniqueConstraint("address", name=op.f("uq_accounts_address")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_accounts_domain_id"), "accounts", ["domain_id"], unique=False)
     op.create_table(
@@ -66,6 +71,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_aliases")),
         sa.UniqueConstraint("source", "target", name=op.f("uq_aliases_source_target")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_aliases_domain_id"), "aliases", ["domain_id"], unique=False)
     op.create_index(op.f("ix_aliases_source"), "aliases", ["source"], unique=False)
@@ -85,6 +91,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dkim_keys")),
         sa.UniqueConstraint("domain_id", "selector", name=op.f("uq_dkim_keys_domain_id_selector")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "queue",
@@ -99,6 +106,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["blob_id"], ["blobs.id"], name=op.f("fk_queue_blob_id_blobs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_queue")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_queue_blob_id"), "queue", ["blob_id"], unique=False)
     op.create_index("ix_queue_state_next_attempt", "queue", ["state", "next_attempt"], unique=False)
@@ -120,6 +128,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mailboxes")),
         sa.UniqueConstraint("account_id", "name", name=op.f("uq_mailboxes_account_id_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "messages",
@@ -140,6 +149,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
         sa.UniqueConstraint("mailbox_id", "uid", name=op.f("uq_messages_mailbox_id_uid")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_messages_blob_id"), "messages", ["blob_id"], unique=False)
 
