@@ -156,6 +156,30 @@ class AuthFailureLimiter:
             and self._recent("account " + account.lower(), now) >= self.max_per_account
         )
 
+    def try_attempt(self, ip: str, account: str | None = None) -> bool:
+        """Reserve one login attempt; False when the client or account is over its limit.
+
+        The attempt counts as a failure from now until :meth:`withdraw` takes it back after a
+        success, so that many attempts in parallel cannot all pass the check before any of
+        them has failed.
+        """
+        if self.blocked(ip, account):
+            return False
+        self.record_failure(ip, account)
+        return True
+
+    def withdraw(self, ip: str, account: str | None = None) -> None:
+        """Take back one attempt reserved by :meth:`try_attempt` (it succeeded)."""
+        keys = ["ip " + client_key(ip)]
+        if account:
+            keys.append("account " + account.lower())
+        for key in keys:
+            times = self._failures.get(key)
+            if times:
+                times.pop()
+                if not times:
+                    del self._failures[key]
+
     def record_failure(self, ip: str, account: str | None = None) -> None:
         now = self.clock()
         if len(self._failures) >= self.MAX_KEYS:

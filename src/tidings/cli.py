@@ -298,6 +298,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], None]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything Tidings writes — the database with every message and password hash, keys,
+    # the config — is for its own user only.
+    os.umask(0o077)
     args = build_parser().parse_args(argv)
     level = logging.getLevelName(args.log_level.upper())
     if not isinstance(level, int):

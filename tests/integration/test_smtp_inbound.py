@@ -403,3 +403,28 @@ async def test_mail_in_flight_for_a_removed_account_never_reaches_a_new_one(
     assert w.reply().startswith("451 4.3.0")
     w.close()
     assert await stored_messages(db_url, "mallory@example.org") == []
+
+
+async def test_a_message_of_exactly_the_limit_is_accepted_however_it_arrives(
+    tmp_path: Path, db_url: str
+) -> None:
+    config = write_config(tmp_path, db_url, limits={"max_message_size": 2000})
+    await add_users(db_url, ALICE)
+    server = TidingsServer(config).start()
+    body = (b"x" * 98 + b"\r\n") * 20  # 2000 bytes
+    try:
+        for split in (len(body), len(body) + 1, len(body) + 2, len(body) + 4):
+            w = Wire(server.smtp)
+            w.cmd("EHLO c.example")
+            w.cmd("MAIL FROM:<s@sender.example>")
+            w.cmd("RCPT TO:<alice@example.org>")
+            assert w.cmd("DATA").startswith("354")
+            wire = body + b".\r\n"
+            w.send(wire[:split])
+            time.sleep(0.05)
+            w.send(wire[split:])
+            assert w.reply().startswith("250 2.0.0"), split
+            w.close()
+    finally:
+        server.stop()
+    assert len(await stored_messages(db_url, ALICE)) == 4

@@ -50,3 +50,13 @@ def test_certificate_that_is_not_a_certificate_is_named(tmp_path: Path) -> None:
     result = tidings(config, "serve", timeout=60)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("tidings: tls.cert: ")
+
+
+def test_everything_tidings_writes_is_private(tmp_path: Path) -> None:
+    """The database holds every message and password hash: no other user may read it."""
+    result = tidings(None, "init", "--dir", str(tmp_path / "site"), "--demo")
+    assert result.returncode == 0, result.stderr
+    written = [p for p in (tmp_path / "site").rglob("*")]
+    assert any(p.name == "tidings.db" for p in written)
+    for path in written:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"

@@ -121,3 +121,14 @@ def test_limiter_memory_is_bounded() -> None:
     for i in range(1000):
         limiter.record_failure(f"10.0.{i // 256}.{i % 256}", f"u{i}@example.org")
     assert len(limiter._failures) <= 102
+
+
+def test_parallel_attempts_cannot_all_pass_the_check() -> None:
+    """Attempts count from the moment they start: ten at once against a limit of three."""
+    limiter = AuthFailureLimiter(3, 0, 300.0, clock=lambda: 1000.0)
+    allowed = [limiter.try_attempt("192.0.2.1", "alice@example.org") for _ in range(10)]
+    assert allowed == [True, True, True] + [False] * 7
+    # A success gives its attempt back; failures keep theirs.
+    limiter.withdraw("192.0.2.1", "alice@example.org")
+    assert limiter.try_attempt("192.0.2.1", "alice@example.org")
+    assert not limiter.try_attempt("192.0.2.1", "alice@example.org")

@@ -293,7 +293,14 @@ class Session:
                     await self.bad(str(e))
                     continue
                 await self.dispatch(command)
-                await self.conn.drain()
+                try:
+                    # A client that stops reading must not hold its session (and the maildrop
+                    # lock) forever: the autologout timer covers our output too.
+                    async with asyncio.timeout(self.settings.timeout):
+                        await self.conn.drain()
+                except TimeoutError:
+                    log.info("pop3 %s: client stopped reading; closing", self.conn.peer)
+                    break
         except (ConnectionClosed, ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("pop3 %s: connection ended: %s", self.conn.peer, e)
         except Exception:
@@ -408,9 +415,12 @@ class Session:
         self.send(f"+ {challenge}".encode() + b"\r\n")
         await self.conn.drain()
         try:
-            line = await self.conn.readline(p.MAX_SASL_LINE)
+            async with asyncio.timeout(self.settings.timeout):
+                line = await self.conn.readline(p.MAX_SASL_LINE)
         except LineTooLong:
             raise SaslError("Line too long") from None
+        except TimeoutError:
+            raise ConnectionClosed from None  # the autologout timer covers AUTH exchanges too
         if not line:
             raise ConnectionClosed
         text = p.strip_line_end(line).decode("ascii", errors="replace")
@@ -425,12 +435,13 @@ class Session:
             address: str | None = account_address(user)
         except AdminError:
             address = None
-        if limiter.blocked(ip, address or user):
+        if not limiter.try_attempt(ip, address or user):
             log.warning("pop3 %s: login for %r refused: too many failures", ip, user)
             raise Pop3Error("Too many failed logins; try again later", "SYS/TEMP")
         try:
             stored_hash = await get_password_hash(self.store, address) if address else None
         except SQLAlchemyError as e:
+            limiter.withdraw(ip, address or user)  # our failure, not the client's
             log.error("pop3 %s: login: %s", ip, describe_db_error(e))
             raise Pop3Error("Temporary server failure, try again later", "SYS/TEMP") from None
         # An unknown user costs a hash check too, so the reply time does not tell who exists.
@@ -438,10 +449,10 @@ class Session:
             stored_hash or await self.service.dummy_hash(), password
         )
         if not (valid and stored_hash and address):
-            limiter.record_failure(ip, address or user)
             log.info("pop3 %s: authentication failed for %r", ip, user)
             await asyncio.sleep(self.settings.auth_failure_delay)
             raise Pop3Error("Authentication failed", "AUTH")
+        limiter.withdraw(ip, address)
         await self.open_maildrop(address)
 
     async def open_maildrop(self, address: str) -> None:

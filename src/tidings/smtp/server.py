@@ -11,6 +11,7 @@ is not here: it lives in the handler's ``handle_MAIL``/``handle_RCPT``/``handle_
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import ssl
@@ -100,8 +101,10 @@ class TidingsSMTP(SMTP):
             auth_exclude_mechanism=["LOGIN", "PLAIN"],
         )
         self.max_message_size = max_message_size
+        # aiosmtpd looks a command's limit up in command_size_limits after EHLO (its class-wide
+        # defaultdict of 512); this session's own mapping applies the configured limit to all.
         self.command_size_limit = max_command_line
-        self.command_size_limits.clear()
+        self.command_size_limits = collections.defaultdict(lambda: max_command_line)
         self.bare_line_endings = bare_line_endings
         self.implicit_tls = implicit_tls
 
@@ -228,7 +231,7 @@ class TidingsSMTP(SMTP):
     def _check_mail_params(self, params: dict[str, str | None]) -> str | None:
         for key, value in params.items():
             if key == "SIZE":
-                if not value or not value.isdigit():
+                if not value or not _is_number(value):
                     return "501 5.5.4 SIZE needs a number"
                 if int(value) > self.max_message_size:
                     return f"552 5.3.4 Message size exceeds the limit of {self.max_message_size}"
@@ -322,7 +325,9 @@ class TidingsSMTP(SMTP):
         buf = bytearray(b"\r\n")  # a virtual CRLF so that ".\r\n" at once ends an empty body
         scanned = 0
         too_big = False
-        limit = self.max_message_size + 2
+        # Past this the body is over the limit whatever follows: the limit, the virtual CRLF,
+        # and the end-of-data marker's own bytes.
+        limit = self.max_message_size + 2 + len(END_OF_DATA)
         while True:
             idx = buf.find(END_OF_DATA, max(0, scanned - 4))
             if idx >= 0:
@@ -348,7 +353,7 @@ class TidingsSMTP(SMTP):
         words = (arg or "").split()
         if (
             not 1 <= len(words) <= 2
-            or not words[0].isdigit()
+            or not _is_number(words[0])
             or (len(words) == 2 and words[1].upper() != "LAST")
         ):
             # The size is unknown, so the chunk cannot be skipped: the session is lost.
@@ -392,19 +397,21 @@ class TidingsSMTP(SMTP):
         return None
 
     async def _read_exactly(self, size: int, *, keep: bool) -> bytes:
-        """Read a BDAT chunk; when not keeping it (or past the limit), drop it as it comes."""
-        if keep and size <= self.max_message_size:
-            data = await self._reader.readexactly(size)
-            self._reset_timeout()
-            return data
+        """Read a BDAT chunk piece by piece, the idle timer restarting with each piece (a large
+        chunk on a slow link may take longer than one timeout); when not keeping it (or past
+        the limit), drop it as it comes."""
+        keep = keep and size <= self.max_message_size
+        pieces: list[bytes] = []
         remaining = size
         while remaining:
-            chunk = await self._reader.read(min(remaining, READ_CHUNK))
-            if not chunk:
+            piece = await self._reader.read(min(remaining, READ_CHUNK))
+            if not piece:
                 raise ConnectionResetError("connection closed during BDAT")
             self._reset_timeout()
-            remaining -= len(chunk)
-        return b""
+            remaining -= len(piece)
+            if keep:
+                pieces.append(piece)
+        return b"".join(pieces)
 
     # --- end of a message ----------------------------------------------------------------------
 
@@ -415,11 +422,20 @@ class TidingsSMTP(SMTP):
             self._reset_envelope()
             await self.push(problem)
             return
+        if body and not body.endswith(b"\r\n"):
+            body += b"\r\n"  # a BDAT message may stop mid-line; stored lines end in CRLF
         self.env.content = body
         self.env.original_content = body
-        status = await self._hook("DATA")
-        self._reset_envelope()
+        try:
+            status = await self._hook("DATA")
+        finally:
+            self._reset_envelope()
         await self.push(status or "250 2.0.0 OK")
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" and "١", which int() refuses."""
+    return text.isascii() and text.isdigit()
 
 
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
