@@ -10,6 +10,11 @@ number of 250 replies: a benchmark that loses mail measures nothing.
     python3 bench/smtp_inbound.py --sessions 50 --messages 20000
     python3 bench/smtp_inbound.py --backend postgresql --db-url postgresql+asyncpg://...
     python3 bench/smtp_inbound.py --python-client          # no smtp-source: asyncio clients
+    python3 bench/smtp_inbound.py --auth                   # SPF + DKIM + DMARC on every message
+
+With ``--auth`` the server trusts no network, asks a DNS server on loopback (the tests' own,
+tests/dnsserver.py) for the sender's SPF, DKIM key and DMARC policy, and every message is a
+DKIM-signed one (smtp-source sends it from a file with ``-F``), so each is verified in full.
 
 The server is ``python3 -m tidings`` in a child process, so ``PYTHONPATH=/some/checkout/src``
 benchmarks that checkout instead of the installed package. Figures are printed, never asserted.
@@ -33,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DOMAIN = "bench.test"
-SENDER = "sender@elsewhere.example"
+SENDER_DOMAIN = "elsewhere.example"
+SENDER = f"sender@{SENDER_DOMAIN}"
 TARGET = f"user@{DOMAIN}"  # where smtp-source sends
 PROBE_TARGET = f"probe@{DOMAIN}"
 EXTRA_USERS = ("alice", "bob")  # more users for --python-client to spread over
@@ -46,8 +52,11 @@ SMTP_SOURCE_PATHS = ("/usr/sbin/smtp-source", "/usr/bin/smtp-source")
 # --- the server ---------------------------------------------------------------------------------
 
 
-def write_config(directory: Path, db_url: str) -> Path:
-    """The same TOML shape as tests/helpers.py: loopback, an ephemeral port, its own data dir."""
+def write_config(directory: Path, db_url: str, nameserver: str | None = None) -> Path:
+    """The same TOML shape as tests/helpers.py: loopback, an ephemeral port, its own data dir.
+
+    With a nameserver, mail authentication is on for every client, loopback included.
+    """
     data_dir = directory / "data"
     text = (
         "[server]\n"
@@ -60,6 +69,11 @@ def write_config(directory: Path, db_url: str) -> Path:
         'pop3 = ""\n'
         'pop3s = ""\n'
     )
+    if nameserver:
+        text += (
+            f'[dns]\nnameservers = ["{nameserver}"]\ntimeout = 2.0\n'
+            "[mailauth]\ntrusted_networks = []\n"
+        )
     path = directory / "tidings.toml"
     path.write_text(text)
     return path
@@ -151,6 +165,36 @@ def make_body(size: int, seq: int) -> bytes:
     return headers + payload
 
 
+def signed_message(size: int) -> tuple[bytes, dict[str, list[tuple[str, object]]]]:
+    """A DKIM-signed message from SENDER's domain, and the DNS zone that makes it pass
+    SPF (127.0.0.1 allowed), DKIM (the key) and DMARC (p=reject, aligned)."""
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    body = make_body(size, 0)
+    signature = dkim.sign(
+        body, b"bench", SENDER_DOMAIN.encode(), pem, include_headers=[b"from", b"to", b"subject"]
+    )
+    zone: dict[str, list[tuple[str, object]]] = {
+        SENDER_DOMAIN: [("TXT", "v=spf1 ip4:127.0.0.1 -all")],
+        f"_dmarc.{SENDER_DOMAIN}": [("TXT", "v=DMARC1; p=reject")],
+        f"bench._domainkey.{SENDER_DOMAIN}": [
+            ("TXT", "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode())
+        ],
+    }
+    return bytes(signature) + body, zone
+
+
 class SMTPClient:
     """A minimal SMTP client that times DATA's end-of-data to its reply."""
 
@@ -214,14 +258,17 @@ class Load:
     errors: list[str] = field(default_factory=list)
 
 
-async def probe(host: str, port: int, size: int, stop: asyncio.Event, load: Load) -> None:
+async def probe(  # noqa: PLR0917 - the probe's whole setup, passed once
+    host: str, port: int, size: int, stop: asyncio.Event, load: Load, fixed: bytes | None = None
+) -> None:
     """One session sending to PROBE_TARGET in a loop until ``stop`` is set."""
     client = await SMTPClient.connect(host, port)
     try:
         seq = 0
         while not stop.is_set():
             seq += 1
-            load.latencies.append(await client.send(PROBE_TARGET, make_body(size, seq)))
+            body = fixed if fixed is not None else make_body(size, seq)
+            load.latencies.append(await client.send(PROBE_TARGET, body))
             load.accepted += 1
     except (OSError, RuntimeError) as e:
         load.errors.append(f"probe: {e}")
@@ -252,11 +299,13 @@ async def python_sessions(
 
 
 async def smtp_source(
-    binary: str, host: str, port: int, *, sessions: int, messages: int, size: int, load: Load
-) -> None:
+    binary: str, host: str, port: int, *, sessions: int, messages: int, size: int, load: Load,
+    message_file: Path | None = None,
+) -> None:  # fmt: skip
     """Run smtp-source to completion; it is silent on success and stops at the first error."""
+    content = ["-F", str(message_file)] if message_file else ["-l", str(size)]
     process = await asyncio.create_subprocess_exec(
-        binary, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+        binary, "-d", "-s", str(sessions), "-m", str(messages), *content,
         "-f", SENDER, "-t", TARGET, "-M", "source.elsewhere.example", f"{host}:{port}",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -337,11 +386,12 @@ async def run_load(args: argparse.Namespace, server: Server, source: str | None)
     sampler = asyncio.create_task(sample_rss())
     if source:
         probe_task = asyncio.create_task(
-            probe(server.host, server.port, args.size, stop, probe_load)
+            probe(server.host, server.port, args.size, stop, probe_load, args.signed)
         )
         load = smtp_source(
             source, server.host, server.port,
             sessions=args.sessions, messages=args.messages, size=args.size, load=main_load,
+            message_file=args.message_file,
         )  # fmt: skip
     else:
         probe_task = None
@@ -374,7 +424,10 @@ async def run_load(args: argparse.Namespace, server: Server, source: str | None)
 
     mib = 1024 * 1024
     client = f"smtp-source ({source})" if source else "python asyncio clients"
-    print(f"tidings inbound SMTP: {args.backend}, {os.cpu_count()} CPUs, load from {client}")
+    checks = ", SPF+DKIM+DMARC on every message" if args.auth else ""
+    print(
+        f"tidings inbound SMTP: {args.backend}{checks}, {os.cpu_count()} CPUs, load from {client}"
+    )
     print(
         f"  load        {args.sessions} sessions x {args.messages} messages of {args.size} B"
         + (f" (+ {probe_load.accepted} from the probe)" if source else "")
@@ -426,6 +479,9 @@ def main() -> int:
         "--timeout", type=float, default=600, help="give up on the load after this many s (600)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    parser.add_argument(
+        "--auth", action="store_true", help="SPF, DKIM and DMARC checks on every message"
+    )
     args = parser.parse_args()
     if args.backend == "postgresql" and not args.db_url:
         parser.error("--backend postgresql needs --db-url")
@@ -439,9 +495,24 @@ def main() -> int:
     if args.backend == "sqlite":
         args.db_url = f"sqlite+aiosqlite:///{args.data_dir / 'tidings.db'}"
     args.failed = True
+    args.signed = args.message_file = None
     server = None
+    dns_server = None
     try:
-        config = write_config(directory, args.db_url)
+        nameserver = None
+        if args.auth:
+            if args.python_client or source is None:
+                parser.error("--auth needs smtp-source")
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+            from dnsserver import DNSTestServer
+
+            args.signed, zone = signed_message(args.size)
+            dns_server = DNSTestServer(zone).start()
+            nameserver = dns_server.address
+            # smtp-source sends each line of the file with CRLF appended.
+            args.message_file = directory / "signed.eml"
+            args.message_file.write_bytes(args.signed.replace(b"\r\n", b"\n"))
+        config = write_config(directory, args.db_url, nameserver)
         provision(config)
         server = Server.start(config)
         args.stored_before = (
@@ -451,6 +522,8 @@ def main() -> int:
         )
         asyncio.run(run_load(args, server, source))
     finally:
+        if dns_server is not None:
+            dns_server.stop()
         if server is not None:
             code = server.stop()
             if code != 0:
