@@ -113,6 +113,9 @@ class MailAuthConfig:
     # The strictest DMARC disposition applied: "reject", "quarantine" (never reject) or
     # "none" (only record the verdict).
     dmarc_max_disposition: str = "reject"
+    # ARC sealers (ARC-Seal d= domains, e.g. a mailing list host) whose passing chain lets a
+    # message that fails DMARC be delivered anyway (RFC 8617 §7.2, RFC 7489 §7.2 "forwarded").
+    trusted_arc_sealers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

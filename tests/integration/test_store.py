@@ -159,3 +159,12 @@ async def test_remove_account_deletes_its_mail_but_not_shared_bodies(store: Stor
     async with store.read() as conn:
         assert [d for (d,) in await conn.execute(select(Blob.data))] == [b"shared\r\n"]
     assert [a.address for a in await accounts.list_accounts(store)] == ["bob@example.org"]
+
+
+async def test_uidvalidity_is_never_given_twice_even_to_a_recreated_account(store: Store) -> None:
+    await make_user(store)
+    before = {v for _, _, v in (await mailbox_rows(store, "alice@example.org")).values()}
+    await accounts.remove_account(store, "alice@example.org")
+    await accounts.add_account(store, "alice@example.org", HASH)
+    after = {v for _, _, v in (await mailbox_rows(store, "alice@example.org")).values()}
+    assert len(after) == 6 and not before & after

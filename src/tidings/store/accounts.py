@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.address import AddressError, parse_domain, parse_mailbox
@@ -193,18 +193,32 @@ async def add_account(store: Store, address: str, password_hash: str, quota: int
 async def create_mailbox(
     conn: AsyncConnection, account_id: int, name: str, special_use: str | None = None
 ) -> int:
-    """A new, empty mailbox with a fresh UIDVALIDITY (RFC 3501 §2.3.1.1)."""
-    highest = await conn.scalar(
-        select(func.max(Mailbox.uidvalidity)).where(Mailbox.account_id == account_id)
+    """A new, empty mailbox with a UIDVALIDITY never given before (RFC 3501 §2.3.1.1).
+
+    It is the current time, or one more than the last one given out if that is not less —
+    from one counter for the whole store, so a mailbox made again after its account was
+    removed cannot repeat an old value (a POP3 client's UIDL memory would skip new mail).
+    """
+    now_ = int(time.time())
+    uidvalidity = await conn.scalar(
+        update(DirectorySerial)
+        .where(DirectorySerial.id == 1)
+        .values(
+            uidvalidity=case(
+                (DirectorySerial.uidvalidity < now_, now_),
+                else_=DirectorySerial.uidvalidity + 1,
+            )
+        )
+        .returning(DirectorySerial.uidvalidity)
     )
-    uidvalidity = max(int(time.time()), (highest or 0) + 1) & 0xFFFFFFFF
+    assert isinstance(uidvalidity, int)
     mailbox_id = await conn.scalar(
         insert(Mailbox)
         .values(
             account_id=account_id,
             name=name,
             special_use=special_use,
-            uidvalidity=uidvalidity,
+            uidvalidity=uidvalidity & 0xFFFFFFFF,
             uidnext=1,
             highestmodseq=1,
             subscribed=True,

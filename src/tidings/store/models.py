@@ -146,8 +146,10 @@ class DkimKey(Base):
 
 
 class DirectorySerial(Base):
-    """One row: moved on by every change to domains, accounts, aliases or mailbox names."""
+    """One row: moved on by every change to domains, accounts, aliases or mailbox names; and
+    the last UIDVALIDITY given to a mailbox."""
 
     __tablename__ = "directory_serial"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     serial: Mapped[int] = mapped_column(BigInteger)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)

@@ -1,9 +1,12 @@
-"""A serial number that every change to domains, accounts, aliases or mailboxes moves on.
+"""A serial number that every change to domains, accounts, aliases or mailboxes moves on,
+and the last UIDVALIDITY given out.
 
 Revision ID: 0002
 Revises: 0001
 
-Delivery caches where recipients lead and polls this one row to know when to forget.
+Delivery caches where recipients lead and polls this one row to know when to forget. New
+mailboxes take their UIDVALIDITY from it, so none is ever given twice, even to a mailbox
+created again after its account was removed.
 """
 
 import sqlalchemy as sa
@@ -20,9 +23,10 @@ def upgrade() -> None:
         "directory_serial",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("serial", sa.BigInteger(), nullable=False),
+        sa.Column("uidvalidity", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_serial")),
     )
-    op.bulk_insert(table, [{"id": 1, "serial": 0}])
+    op.bulk_insert(table, [{"id": 1, "serial": 0, "uidvalidity": 0}])
 
 
 def downgrade() -> None:
