@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,11 +73,10 @@ class ARCResult:
 
     def auth_results(self) -> str:
         """This result as an Authentication-Results resinfo (RFC 8617 §10.2, RFC 8601 §2.2)."""
-        notes: list[str] = []
-        if self.instances:
-            notes.append(f"i={self.instances}")
+        chain = f"i={self.instances}" if self.instances else ""
         if self.sealers:
-            notes.append("sealed by " + ", ".join(self.sealers))
+            chain += " sealed by " + ", ".join(self.sealers)
+        notes = [chain] if chain else []
         if self.comment and self.result is not Result.PASS:
             notes.append(self.comment)
         text = f"arc={self.result}"
@@ -146,7 +144,8 @@ def prepare(message: bytes, remote_ip: str = "") -> Prepared:
         verdict = ARCResult(Result.FAIL, count, sealers, remote_ip=remote_ip, comment=comment)
         return Prepared(message, count, sealers, verdict=verdict)
 
-    problem = _structure_problem(count, [(i, h[0].lower()) for i, h in found], len(names), found)
+    arc_fields = sum(1 for n in names if n in _SET_HEADERS)
+    problem = _structure_problem(count, [(i, h[0].lower()) for i, h in found], arc_fields)
     if problem:
         return failed(problem)
     if seals[count].get(b"cv", b"").strip().lower() == b"fail":
@@ -159,9 +158,7 @@ def prepare(message: bytes, remote_ip: str = "") -> Prepared:
     return Prepared(message, count, sealers, tuple(key_names))
 
 
-def _structure_problem(
-    count: int, sets: list[tuple[int, bytes]], arc_fields: int, found: list[Any]
-) -> str:
+def _structure_problem(count: int, sets: list[tuple[int, bytes]], arc_fields: int) -> str:
     """§5.2 step 3 (and §4.2.1's bound): why the sets are not exactly one of each field for
     every instance 1..N, or ""."""
     if count > MAX_INSTANCES:
@@ -173,8 +170,8 @@ def _structure_problem(
                 return f"ARC set i={instance} is incomplete or duplicated"
     if len(sets) != 3 * count:
         return "ARC field with an instance outside 1..N"
-    if arc_fields < len(found):
-        return "unreadable ARC fields"
+    if arc_fields != len(sets):
+        return "ARC field without a readable i="
     return ""
 
 
@@ -242,7 +239,6 @@ def verify_prepared(
         cv, data, reason = arc.verify(dnsfunc=dnsfunc)
     except Exception as e:  # dkimpy on hostile input: a verdict, never a crash
         cv, data, reason = dkimpy.CV_Fail, [], f"cannot verify: {e}"
-    base = ARCResult(Result.FAIL, prepared.instances, prepared.sealers, remote_ip=remote_ip)
     if cv == dkimpy.CV_Pass:
         return ARCResult(
             Result.PASS, prepared.instances, prepared.sealers, _oldest_pass(data), remote_ip
@@ -254,7 +250,7 @@ def verify_prepared(
         names = ", ".join(sorted(dnsfunc.temporary))
         comment = f"temporary DNS failure looking up {names}; {comment}"
     return ARCResult(
-        base.result, base.instances, base.sealers, None, remote_ip,
+        Result.FAIL, prepared.instances, prepared.sealers, None, remote_ip,
         temperror=bool(dnsfunc.temporary), comment=comment,
     )  # fmt: skip
 
@@ -294,8 +290,6 @@ async def verify_chain(resolver: Resolver, message: bytes, *, remote_ip: str = "
     keys = dict(zip(prepared.key_names, found, strict=True))
     return await asyncio.to_thread(verify_prepared, prepared, keys, remote_ip)
 
-
-_ = re  # keep the import list stable for the helpers above
 
 __all__ = [
     "MAX_INSTANCES",

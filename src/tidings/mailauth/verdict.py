@@ -1,18 +1,25 @@
-"""One inbound message's verdict: SPF, DKIM and DMARC together, and what to do about it.
+"""One inbound message's verdict: SPF, DKIM, ARC and DMARC together, and what to do about it.
 
 The SMTP handler starts SPF at MAIL FROM (it needs only the envelope) and calls :func:`judge`
 with the message at the end of DATA. The verdict says which Authentication-Results field to
 prepend, where the message goes (DMARC p=quarantine → Junk) or the reply that refuses it:
 ``550 5.7.1`` for a DMARC reject, ``451`` when a DNS failure could have changed the outcome,
 so the sender retries instead of bouncing (RFC 7489 §6.6.3, RFC 7372).
+
+A DMARC failure is forgiven when the message arrives through a passing ARC chain whose most
+recent sealer the site trusts (RFC 8617 §7.2; RFC 7489 §7.2 local policy override
+"forwarded"): it is delivered as if the policy were none, and the DMARC resinfo says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tidings.dns import Resolver
+from tidings.mailauth import arc as arc_
 from tidings.mailauth import dkim as dkim_
 from tidings.mailauth import dmarc as dmarc_
 from tidings.mailauth import spf as spf_
@@ -34,14 +41,37 @@ async def judge(
     *,
     authserv_id: str,
     ceiling: dmarc_.Policy = dmarc_.Policy.REJECT,
+    trusted_arc_sealers: Sequence[str] = (),
 ) -> Verdict:
-    """Authenticate ``message`` (DKIM, DMARC with ``spf``) and decide its fate."""
+    """Authenticate ``message`` (DKIM, ARC, DMARC with ``spf``) and decide its fate."""
     message = await asyncio.to_thread(strip_authentication_results, message, authserv_id)
-    dkim = await dkim_.verify_message(resolver, message)
+    dkim, arc = await asyncio.gather(
+        dkim_.verify_message(resolver, message),
+        arc_.verify_chain(resolver, message, remote_ip=spf.ip),
+    )
     dmarc = await dmarc_.check_dmarc(resolver, message, spf=spf, dkim=dkim)
-    header = authentication_results(authserv_id, spf=spf, dkim=dkim, dmarc=dmarc)
     disposition = dmarc_.dmarc_disposition(dmarc, ceiling=ceiling)
-    return Verdict(message, header, disposition, _refusal(spf, dkim, dmarc, disposition))
+    trusted = _trusted_sealer(arc, trusted_arc_sealers)
+    forgiven = trusted and arc.result is arc_.Result.PASS and dmarc.result is dmarc_.Result.FAIL
+    if forgiven and disposition is not dmarc_.Policy.NONE:
+        disposition = dmarc_.Policy.NONE
+        note = f"{dmarc.comment}; " if dmarc.comment else ""
+        override = f"{note}override=forwarded, ARC sealed by trusted {arc.latest_sealer}"
+        dmarc = dataclasses.replace(dmarc, disposition=disposition, comment=override)
+    header = authentication_results(
+        authserv_id, spf=spf, dkim=dkim, dmarc=dmarc, extra=[arc.auth_results()]
+    )
+    arc_unsure = trusted and arc.temperror  # a pass here would have delivered the message
+    return Verdict(
+        message, header, disposition, _refusal(spf, dkim, dmarc, disposition, arc_unsure)
+    )
+
+
+def _trusted_sealer(arc: arc_.ARCResult, trusted: Sequence[str]) -> bool:
+    """RFC 8617 §7.2: whether the last sealer (the ARC-Seal d= of instance N) is one the site
+    trusts; domains compare case-insensitively, a trailing dot ignored."""
+    names = {t.strip().rstrip(".").lower() for t in trusted}
+    return bool(arc.latest_sealer) and arc.latest_sealer in names
 
 
 def _refusal(
@@ -49,6 +79,7 @@ def _refusal(
     dkim: tuple[dkim_.DKIMResult, ...],
     dmarc: dmarc_.DMARCResult,
     disposition: dmarc_.Policy,
+    arc_unsure: bool = False,
 ) -> str | None:
     if spf.result is spf_.Result.TEMPERROR:
         return f"451 4.7.24 Temporary DNS failure checking SPF for {spf.domain}; try again later"
@@ -60,6 +91,8 @@ def _refusal(
     dkim_unsure = any(r.result is dkim_.Result.TEMPERROR for r in dkim)
     if dmarc.result is dmarc_.Result.FAIL and dkim_unsure and disposition is not dmarc_.Policy.NONE:
         return "451 4.7.5 Temporary DNS failure verifying a DKIM signature; try again later"
+    if dmarc.result is dmarc_.Result.FAIL and arc_unsure and disposition is not dmarc_.Policy.NONE:
+        return "451 4.7.5 Temporary DNS failure verifying the ARC chain; try again later"
     if disposition is dmarc_.Policy.REJECT:
         # RFC 7489 §10.3's suggested wording.
         return f"550 5.7.1 Email rejected per DMARC policy for {dmarc.policy_domain}"

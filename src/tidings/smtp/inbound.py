@@ -149,6 +149,7 @@ class InboundHandler:
                 await envelope.spf_check,
                 authserv_id=self.config.server.hostname,
                 ceiling=self.ceiling,
+                trusted_arc_sealers=self.config.mailauth.trusted_arc_sealers,
             )
             if verdict.refusal is not None:
                 log.info("message %s refused: %s", message_id, verdict.refusal)

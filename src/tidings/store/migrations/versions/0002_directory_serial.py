@@ -1,10 +1,10 @@
-"""A serial number that every change to domains, accounts, aliases or mailboxes moves on,
-and the last UIDVALIDITY given out.
+"""The directory serial and the last UIDVALIDITY given out.
 
 Revision ID: 0002
 Revises: 0001
 
-Delivery caches where recipients lead and polls this one row to know when to forget. New
+Every change to domains, accounts, aliases or mailboxes moves the serial on; delivery caches
+where recipients lead and polls this one row to know when to forget. New
 mailboxes take their UIDVALIDITY from it, so none is ever given twice, even to a mailbox
 created again after its account was removed.
 """
