@@ -10,7 +10,8 @@ A zone maps names to records, each ``(type, value)``::
      "alias.example.com": [("CNAME", "example.com")],
      "slow.example.com": [("TIMEOUT", None)]}
 
-Types: A, AAAA, MX ``(preference, host)`` (host "" is the root: null MX), PTR, CNAME, TXT and
+Types: A, AAAA, MX ``(preference, host)`` (host "" is the root: null MX), SRV
+``(priority, weight, port, target)``, PTR, CNAME, TXT and
 SPF (type 99) as a string or a list of strings (one record's character-strings; a string over
 255 octets is split). ``("TIMEOUT", None)`` makes every query for a type the name has no record
 of fail: the server answers SERVFAIL, or with ``timeouts="drop"`` does not answer at all so the
@@ -29,7 +30,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, SRV, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 Zone = Mapping[str, Sequence[tuple[str, Any]]]
@@ -115,6 +116,9 @@ def _rdata(rtype: str, value: Any) -> Any:
             return CNAME(label(value))
         case "TXT" | "SPF":
             return _txt(value)
+        case "SRV":
+            priority, weight, port, target = value
+            return SRV(int(priority), int(weight), int(port), label(str(target)))
     raise ValueError(f"unsupported record type {rtype!r}")
 
 

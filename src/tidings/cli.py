@@ -16,8 +16,9 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from tidings.address import AddressError, parse_domain
 from tidings.auth import generate_password, hash_password
 from tidings.config import (
     Config,
@@ -32,6 +33,9 @@ from tidings.config import (
 from tidings.store import accounts
 from tidings.store.accounts import AdminError
 from tidings.store.db import Store, StoreError
+
+if TYPE_CHECKING:
+    from tidings.dnsrecords import DkimKey
 
 DEMO_DOMAIN = "example.test"
 
@@ -230,6 +234,60 @@ def cmd_alias(args: argparse.Namespace, config: Config) -> None:
     run_loop(_with_store(config, act))
 
 
+async def _dns_inputs(store: Store, name: str) -> tuple[str, list[DkimKey]]:
+    """The domain as stored and its DKIM keys; CommandError for a domain that is not ours."""
+    from sqlalchemy import select  # noqa: PLC0415 - only the dns command needs it here
+
+    from tidings.dnsrecords import DkimKey  # noqa: PLC0415
+    from tidings.store.models import DkimKey as DkimKeyRow  # noqa: PLC0415
+    from tidings.store.models import Domain  # noqa: PLC0415
+
+    try:
+        domain = parse_domain(name)
+    except AddressError as e:
+        raise CommandError(str(e)) from None
+    async with store.read() as conn:
+        domain_id = await conn.scalar(select(Domain.id).where(Domain.name == domain))
+        if domain_id is None:
+            raise CommandError(f"unknown domain {domain!r} (add it with `tidings domain add`)")
+        rows = await conn.execute(
+            select(DkimKeyRow.selector, DkimKeyRow.private_key)
+            .where(DkimKeyRow.domain_id == domain_id)
+            .order_by(DkimKeyRow.selector)
+        )
+        return domain, [DkimKey(selector, pem) for selector, pem in rows]
+
+
+def cmd_dns(args: argparse.Namespace, config: Config) -> None:
+    # dnspython and cryptography load only for this command, as the server's modules for serve.
+    from tidings import dnsrecords  # noqa: PLC0415
+    from tidings.dns import Resolver  # noqa: PLC0415
+
+    hostname = config.server.hostname
+    domain, keys = run_loop(_with_store(config, lambda store: _dns_inputs(store, args.domain)))
+    try:
+        if args.action == "records":
+            records = dnsrecords.expected_records(domain, hostname, keys)
+            if args.json:
+                print(json.dumps(dnsrecords.records_json(domain, hostname, records), indent=2))
+            else:
+                print(dnsrecords.render_zone(domain, records), end="")
+            return
+        resolver = Resolver.from_config(config.dns)
+        report = run_loop(dnsrecords.check_domain(resolver, domain, hostname, keys))
+    except dnsrecords.RecordError as e:
+        raise CommandError(str(e)) from None
+    if args.json:
+        print(json.dumps(dnsrecords.check_json(report), indent=2))
+    else:
+        print(dnsrecords.render_check(report), end="")
+    if not report.ok:
+        # The one line on stderr that says why the status is non-zero.
+        raise CommandError(dnsrecords.summary_line(report))
+    if not args.json:
+        print(dnsrecords.summary_line(report))
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -286,6 +344,15 @@ def build_parser() -> Parser:
     a = asub.add_parser("list")
     a.add_argument("domain", nargs="?")
     a.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("dns", help="the DNS records a domain needs, and a check of them")
+    nsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    n = nsub.add_parser("records", help="print the records to publish, in zone-file syntax")
+    n.add_argument("domain")
+    n.add_argument("--json", action="store_true")
+    n = nsub.add_parser("check", help="look the records up; exit 1 if a required one is wrong")
+    n.add_argument("domain")
+    n.add_argument("--json", action="store_true")
     return parser
 
 
@@ -294,6 +361,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], None]] = {
     "domain": cmd_domain,
     "user": cmd_user,
     "alias": cmd_alias,
+    "dns": cmd_dns,
 }
 
 

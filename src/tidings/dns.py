@@ -69,6 +69,15 @@ class MX(NamedTuple):
     host: str
 
 
+class SRV(NamedTuple):
+    """One SRV record (RFC 2782)."""
+
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
 def is_null_mx(records: Sequence[MX]) -> bool:
     """RFC 7505 §3: a single MX of preference 0 naming the root means "accepts no mail"."""
     return len(records) == 1 and records[0].preference == 0 and records[0].host == ""
@@ -193,6 +202,15 @@ class Resolver:
             for r in records
         ]
         return sorted(mxs, key=lambda m: m.preference)
+
+    async def srv(self, name: str) -> list[SRV]:
+        """SRV records (RFC 2782, RFC 6186), lowest priority first."""
+        records = await self._records(name, dns.rdatatype.SRV)
+        srvs = [
+            SRV(int(r.priority), int(r.weight), int(r.port), name_text(r.target))  # type: ignore[attr-defined]
+            for r in records
+        ]
+        return sorted(srvs, key=lambda s: s.priority)
 
     async def ptr(self, ip: str | IPAddress) -> list[str]:
         """The names a reverse lookup of ``ip`` gives (RFC 1035 §3.5, RFC 3596 §2.5)."""
