@@ -202,3 +202,29 @@ def test_any_signature_field_gives_a_verdict(value: bytes) -> None:
     message = b"DKIM-Signature:" + value.replace(b"\n", b" ") + b"\r\n" + MESSAGE
     results = verify_prepared(prepare(message), [[b"k=ed25519; p=" + _ED_PUBLIC]])
     assert len(results) == 1
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"text", b"  ", b"\t", b"a  b\t", b" x ", b"", b"line with words"]),
+        max_size=60,
+    ),
+    st.sampled_from([b"relaxed/relaxed", b"simple/simple", b"relaxed/simple", b"simple/relaxed"]),
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from([b"", b"tail", b"  ", b"\r\n\r\n"]),
+)
+def test_canonicalising_in_pieces_gives_the_same_body(
+    lines: list[bytes], c: bytes, piece: int, tail: bytes
+) -> None:
+    from dkim.canonicalization import CanonicalizationPolicy
+
+    from tidings.mailauth import dkim as module
+
+    body = b"".join(line + b"\r\n" for line in lines) + tail
+    policy = CanonicalizationPolicy.from_c_value(c)
+    original = module.BODY_PIECE
+    module.BODY_PIECE = piece
+    try:
+        assert module.canonical_body(policy, body) == policy.canonicalize_body(body)
+    finally:
+        module.BODY_PIECE = original

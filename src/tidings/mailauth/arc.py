@@ -40,7 +40,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from tidings.dns import DNSTempError, NXDomain, Resolver
 from tidings.mailauth.dkim import MIN_RSA_BITS, OBSOLETE_ALGORITHMS
-from tidings.mailauth.results import comment_text, pvalue
+from tidings.mailauth.results import comment_text, has_field, pvalue
 
 MAX_INSTANCES = 50  # §4.2.1
 _SET_HEADERS = (b"arc-authentication-results", b"arc-message-signature", b"arc-seal")
@@ -111,6 +111,8 @@ def _text(value: bytes) -> str:
 
 def prepare(message: bytes, remote_ip: str = "") -> Prepared:
     """Step 1: the ARC sets of ``message`` and the key records their signatures name."""
+    if not has_field(message, b"arc-"):
+        return Prepared(message, 0, (), verdict=ARCResult(Result.NONE, remote_ip=remote_ip))
     try:
         arc = dkimpy.ARC(message, minkey=MIN_RSA_BITS)
         count, found = arc.sorted_arc_headers()
@@ -286,9 +288,16 @@ async def verify_chain(resolver: Resolver, message: bytes, *, remote_ip: str = "
     prepared = await asyncio.to_thread(prepare, message, remote_ip)
     if prepared.verdict is not None:
         return prepared.verdict
-    found = await asyncio.gather(*(fetch_key(resolver, n) for n in prepared.key_names))
-    keys = dict(zip(prepared.key_names, found, strict=True))
+    keys = await fetch_keys(resolver, prepared)
     return await asyncio.to_thread(verify_prepared, prepared, keys, remote_ip)
+
+
+async def fetch_keys(resolver: Resolver, prepared: Prepared) -> dict[str, list[bytes] | KeyLookup]:
+    """Step 2: every seal and message-signature key ``prepared`` names, fetched at once."""
+    if prepared.verdict is not None:
+        return {}
+    found = await asyncio.gather(*(fetch_key(resolver, n) for n in prepared.key_names))
+    return dict(zip(prepared.key_names, found, strict=True))
 
 
 __all__ = [
@@ -298,6 +307,7 @@ __all__ = [
     "Prepared",
     "Result",
     "fetch_key",
+    "fetch_keys",
     "prepare",
     "verify_chain",
     "verify_prepared",

@@ -48,6 +48,14 @@ def split_header(message: bytes) -> tuple[bytes, bytes]:
     return message[: match.start(1)], message[match.start(1) :]
 
 
+def has_field(message: bytes, prefix: bytes) -> bool:
+    """Whether the header section may hold a field whose name starts with ``prefix``
+    (lower-case): a quick test, true for every message that has one (and for a few that do
+    not), so that a message without saves a full parse."""
+    header = split_header(message)[0].lower()
+    return header.startswith(prefix) or b"\n" + prefix in header
+
+
 def header_fields(header: bytes) -> tuple[list[HeaderField], list[bytes]]:
     """RFC 5322 §2.2: the fields of a header section, and the lines that belong to no field.
 

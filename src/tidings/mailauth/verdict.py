@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tidings.dns import Resolver
@@ -44,11 +44,13 @@ async def judge(
     trusted_arc_sealers: Sequence[str] = (),
 ) -> Verdict:
     """Authenticate ``message`` (DKIM, ARC, DMARC with ``spf``) and decide its fate."""
-    message = await asyncio.to_thread(strip_authentication_results, message, authserv_id)
-    dkim, arc = await asyncio.gather(
-        dkim_.verify_message(resolver, message),
-        arc_.verify_chain(resolver, message, remote_ip=spf.ip),
+    # Two hand-overs to a thread in all (they cost more than parsing a small message): one to
+    # parse, DNS for the keys on the loop, one for the cryptography.
+    message, dkim_work, arc_work = await asyncio.to_thread(_examine, message, authserv_id, spf.ip)
+    dkim_keys, arc_keys = await asyncio.gather(
+        dkim_.fetch_keys(resolver, dkim_work), arc_.fetch_keys(resolver, arc_work)
     )
+    dkim, arc = await asyncio.to_thread(_verify, dkim_work, dkim_keys, arc_work, arc_keys, spf.ip)
     dmarc = await dmarc_.check_dmarc(resolver, message, spf=spf, dkim=dkim)
     disposition = dmarc_.dmarc_disposition(dmarc, ceiling=ceiling)
     trusted = _trusted_sealer(arc, trusted_arc_sealers)
@@ -65,6 +67,26 @@ async def judge(
     return Verdict(
         message, header, disposition, _refusal(spf, dkim, dmarc, disposition, arc_unsure)
     )
+
+
+def _examine(
+    message: bytes, authserv_id: str, remote_ip: str
+) -> tuple[bytes, dkim_.Prepared, arc_.Prepared]:
+    """Step 1 of DKIM and ARC on the message without forged Authentication-Results."""
+    message = strip_authentication_results(message, authserv_id)
+    return message, dkim_.prepare(message), arc_.prepare(message, remote_ip)
+
+
+def _verify(
+    dkim_work: dkim_.Prepared,
+    dkim_keys: Sequence[list[bytes] | dkim_.KeyLookup | None],
+    arc_work: arc_.Prepared,
+    arc_keys: Mapping[str, list[bytes] | arc_.KeyLookup],
+    remote_ip: str,
+) -> tuple[tuple[dkim_.DKIMResult, ...], arc_.ARCResult]:
+    """Step 3 of DKIM and ARC: the cryptography, with the keys step 2 fetched."""
+    dkim = dkim_.verify_prepared(dkim_work, dkim_keys) if dkim_work.signatures else ()
+    return dkim, arc_.verify_prepared(arc_work, arc_keys, remote_ip)
 
 
 def _trusted_sealer(arc: arc_.ARCResult, trusted: Sequence[str]) -> bool:
