@@ -34,6 +34,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import hashlib
 import re
 import time
@@ -420,11 +421,22 @@ def _check_key(sig: Signature, record: bytes) -> tuple[object, int, bytes, bool]
     flags = [f.strip() for f in tags.get(b"t", b"").split(b":")]
     if b"s" in flags and sig.identity.rpartition("@")[2].lower() != sig.domain.lower():
         return "key forbids subdomains in i="  # §3.6.1 t=s
+    key = _public_key(sig.key_name.encode(), record)
+    if isinstance(key, str):
+        return key
+    pk, bits, ktag = key
+    return pk, bits, ktag, b"y" in flags
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(name: bytes, record: bytes) -> tuple[object, int, bytes] | str:
+    """dkimpy's reading of a key record (its ASN.1 parse is a tenth of a verification),
+    remembered: a sender signs many messages with one key. The result is only read."""
     try:
-        pk, bits, ktag, _ = dkimpy.evaluate_pk(sig.key_name.encode(), record)
+        pk, bits, ktag, _ = dkimpy.evaluate_pk(name, record)
     except Exception as e:  # a record from DNS is the sender's text: nothing in it may escape
         return f"bad key record: {e}"
-    return pk, int(bits), ktag, b"y" in flags
+    return pk, int(bits), ktag
 
 
 def _check_crypto(
