@@ -55,6 +55,7 @@ class App:
         self.config = config
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, str] = {}
+        self.pop3: Pop3Service | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -106,13 +107,11 @@ class App:
             timeout=config.limits.pop3_timeout,
             auth_failure_delay=config.limits.auth_failure_delay,
         )
-        self.pop3 = Pop3Service(self.store, settings, self.auth_limiter, self.tls)
+        self.pop3 = pop3 = Pop3Service(self.store, settings, self.auth_limiter, self.tls)
         if config.listen.pop3:
-            await self._listen("pop3", config.listen.pop3, self.pop3.protocol_factory(False))
+            await self._listen("pop3", config.listen.pop3, pop3.protocol_factory(False))
         if config.listen.pop3s:
-            await self._listen(
-                "pop3s", config.listen.pop3s, self.pop3.protocol_factory(True), self.tls
-            )
+            await self._listen("pop3s", config.listen.pop3s, pop3.protocol_factory(True), self.tls)
 
     async def _listen(
         self,
@@ -135,13 +134,11 @@ class App:
         """Stop accepting, let commits in progress finish, close the store."""
         for server in self.servers:
             server.close()
-        if hasattr(self, "pop3"):
+        if self.pop3 is not None:
             await self.pop3.close()
-        if hasattr(self, "delivery"):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
-        if hasattr(self, "store"):
-            await self.store.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
+        await self.store.close()
 
 
 async def serve(config: Config) -> None:

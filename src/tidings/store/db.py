@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -223,10 +223,3 @@ def describe_db_error(error: BaseException) -> str:
     if isinstance(error, DBAPIError) and error.orig is not None:
         return str(error.orig).strip().splitlines()[0]
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def is_transient(error: BaseException) -> bool:
-    """Database errors that a retry can cure: locks, connection loss, a full disk."""
-    return isinstance(error, OperationalError | OSError | asyncio.TimeoutError) or (
-        isinstance(error, DBAPIError) and error.connection_invalidated
-    )

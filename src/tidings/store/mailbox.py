@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tidings.store.accounts import delete_unreferenced_blobs
-from tidings.store.models import Account, Blob, Mailbox, Message
+from tidings.store.models import Account, Mailbox, Message
 
 DELETED_FLAG = "\\Deleted"
 SEEN_FLAG = "\\Seen"
@@ -61,11 +61,6 @@ async def list_messages(conn: AsyncConnection, mailbox_id: int) -> list[MessageR
         .order_by(Message.uid)
     )
     return [MessageRef(*row) for row in rows]
-
-
-async def blob_data(conn: AsyncConnection, blob_id: int) -> bytes | None:
-    data = await conn.scalar(select(Blob.data).where(Blob.id == blob_id))
-    return None if data is None else bytes(data)
 
 
 async def _bump_modseq(conn: AsyncConnection, mailbox_id: int) -> int:
