@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 READY = re.compile(r"ready: (.*)$")
 
@@ -125,77 +128,72 @@ class TidingsServer:
         return self.start()
 
 
+@contextlib.asynccontextmanager
+async def open_store(db_url: str) -> AsyncIterator[Any]:
+    """The test's own connection to the server's store, closed afterwards."""
+    from tidings.store.db import Store
+
+    store = await Store.open(db_url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 async def stored_messages(db_url: str, address: str, mailbox: str = "INBOX") -> list[bytes]:
     """The bodies in one mailbox of one account, in UID order, as the store holds them."""
     from sqlalchemy import select
 
-    from tidings.store.db import Store
     from tidings.store.models import Account, Blob, Mailbox, Message
 
-    store = await Store.open(db_url, migrate=False)
-    try:
-        async with store.read() as conn:
-            rows = await conn.execute(
-                select(Blob.data)
-                .join(Message, Message.blob_id == Blob.id)
-                .join(Mailbox, Mailbox.id == Message.mailbox_id)
-                .join(Account, Account.id == Mailbox.account_id)
-                .where(Account.address == address.lower(), Mailbox.name == mailbox)
-                .order_by(Message.uid)
-            )
-            return [bytes(d) for (d,) in rows]
-    finally:
-        await store.close()
+    async with open_store(db_url) as store, store.read() as conn:
+        rows = await conn.execute(
+            select(Blob.data)
+            .join(Message, Message.blob_id == Blob.id)
+            .join(Mailbox, Mailbox.id == Message.mailbox_id)
+            .join(Account, Account.id == Mailbox.account_id)
+            .where(Account.address == address.lower(), Mailbox.name == mailbox)
+            .order_by(Message.uid)
+        )
+        return [bytes(d) for (d,) in rows]
 
 
 async def stored_uids(db_url: str, address: str, mailbox: str = "INBOX") -> list[int]:
     """UIDs in one mailbox in the order the rows were inserted."""
     from sqlalchemy import select
 
-    from tidings.store.db import Store
     from tidings.store.models import Account, Mailbox, Message
 
-    store = await Store.open(db_url, migrate=False)
-    try:
-        async with store.read() as conn:
-            rows = await conn.execute(
-                select(Message.uid)
-                .join(Mailbox, Mailbox.id == Message.mailbox_id)
-                .join(Account, Account.id == Mailbox.account_id)
-                .where(Account.address == address.lower(), Mailbox.name == mailbox)
-                .order_by(Message.id)
-            )
-            return [u for (u,) in rows]
-    finally:
-        await store.close()
+    async with open_store(db_url) as store, store.read() as conn:
+        rows = await conn.execute(
+            select(Message.uid)
+            .join(Mailbox, Mailbox.id == Message.mailbox_id)
+            .join(Account, Account.id == Mailbox.account_id)
+            .where(Account.address == address.lower(), Mailbox.name == mailbox)
+            .order_by(Message.id)
+        )
+        return [u for (u,) in rows]
 
 
 async def queued(db_url: str) -> list[tuple[str, str]]:
     """(sender, recipient) of every queue row."""
     from sqlalchemy import select
 
-    from tidings.store.db import Store
     from tidings.store.models import QueueItem
 
-    store = await Store.open(db_url, migrate=False)
-    try:
-        async with store.read() as conn:
-            rows = await conn.execute(
-                select(QueueItem.sender, QueueItem.recipient).order_by(QueueItem.id)
-            )
-            return [(s, r) for s, r in rows]
-    finally:
-        await store.close()
+    async with open_store(db_url) as store, store.read() as conn:
+        rows = await conn.execute(
+            select(QueueItem.sender, QueueItem.recipient).order_by(QueueItem.id)
+        )
+        return [(s, r) for s, r in rows]
 
 
 async def add_users(db_url: str, *addresses: str, quota: int = 0) -> None:
     """Create the domains and accounts (password "secret") the test needs."""
     from tidings.auth import hash_password
     from tidings.store import accounts
-    from tidings.store.db import Store
 
-    store = await Store.open(db_url)
-    try:
+    async with open_store(db_url) as store:
         domains = {d.name for d in await accounts.list_domains(store)}
         hashed = hash_password("secret")
         for address in addresses:
@@ -204,47 +202,32 @@ async def add_users(db_url: str, *addresses: str, quota: int = 0) -> None:
                 await accounts.add_domain(store, domain)
                 domains.add(domain)
             await accounts.add_account(store, address, hashed, quota)
-    finally:
-        await store.close()
 
 
 async def add_domain(db_url: str, domain: str) -> None:
     from tidings.store import accounts
-    from tidings.store.db import Store
 
-    store = await Store.open(db_url)
-    try:
+    async with open_store(db_url) as store:
         await accounts.add_domain(store, domain)
-    finally:
-        await store.close()
 
 
 async def add_alias(db_url: str, source: str, *targets: str) -> None:
     from tidings.store import accounts
-    from tidings.store.db import Store
 
-    store = await Store.open(db_url)
-    try:
+    async with open_store(db_url) as store:
         await accounts.add_alias(store, source, list(targets))
-    finally:
-        await store.close()
 
 
 async def create_mailbox(db_url: str, address: str, name: str) -> None:
     from sqlalchemy import select
 
     from tidings.store import accounts
-    from tidings.store.db import Store
     from tidings.store.models import Account
 
-    store = await Store.open(db_url)
-    try:
-        async with store.write() as conn:
-            account_id = await conn.scalar(select(Account.id).where(Account.address == address))
-            assert account_id is not None
-            await accounts.create_mailbox(conn, account_id, name)
-    finally:
-        await store.close()
+    async with open_store(db_url) as store, store.write() as conn:
+        account_id = await conn.scalar(select(Account.id).where(Account.address == address))
+        assert account_id is not None
+        await accounts.create_mailbox(conn, account_id, name)
 
 
 async def deliver_messages(db_url: str, address: str, contents: list[bytes]) -> None:
@@ -255,10 +238,8 @@ async def deliver_messages(db_url: str, address: str, contents: list[bytes]) -> 
     from tidings.address import parse_mailbox
     from tidings.config import DeliveryConfig
     from tidings.delivery import Delivery, MailDelivery
-    from tidings.store.db import Store
 
-    store = await Store.open(db_url, migrate=False)
-    try:
+    async with open_store(db_url) as store:
         delivery = MailDelivery(store, DeliveryConfig(max_batch=256))
         resolution = await delivery.resolve_recipient(parse_mailbox(address))
         await asyncio.gather(
@@ -267,8 +248,6 @@ async def deliver_messages(db_url: str, address: str, contents: list[bytes]) -> 
                 for i, c in enumerate(contents)
             )
         )
-    finally:
-        await store.close()
 
 
 @dataclass(frozen=True)
@@ -285,28 +264,21 @@ async def mailbox_state(db_url: str, address: str, mailbox: str = "INBOX") -> Ma
     """What an IMAP client would see of one mailbox, and the account's usage."""
     from sqlalchemy import func, select
 
-    from tidings.store.db import Store
     from tidings.store.models import Account, Blob, Mailbox, Message
 
-    store = await Store.open(db_url, migrate=False)
-    try:
-        async with store.read() as conn:
-            box = (
-                await conn.execute(
-                    select(
-                        Mailbox.id, Mailbox.uidvalidity, Mailbox.highestmodseq, Account.used_bytes
-                    )
-                    .join(Account, Account.id == Mailbox.account_id)
-                    .where(Account.address == address.lower(), Mailbox.name == mailbox)
-                )
-            ).one()
-            rows = await conn.execute(
-                select(Message.uid, Message.flags)
-                .where(Message.mailbox_id == box[0])
-                .order_by(Message.uid)
+    async with open_store(db_url) as store, store.read() as conn:
+        box = (
+            await conn.execute(
+                select(Mailbox.id, Mailbox.uidvalidity, Mailbox.highestmodseq, Account.used_bytes)
+                .join(Account, Account.id == Mailbox.account_id)
+                .where(Account.address == address.lower(), Mailbox.name == mailbox)
             )
-            flags = {uid: f for uid, f in rows}
-            blobs = await conn.scalar(select(func.count()).select_from(Blob))
-            return MailboxState(list(flags), flags, box[1], box[2], box[3], int(blobs or 0))
-    finally:
-        await store.close()
+        ).one()
+        rows = await conn.execute(
+            select(Message.uid, Message.flags)
+            .where(Message.mailbox_id == box[0])
+            .order_by(Message.uid)
+        )
+        flags = {uid: f for uid, f in rows}
+        blobs = await conn.scalar(select(func.count()).select_from(Blob))
+        return MailboxState(list(flags), flags, box[1], box[2], box[3], int(blobs or 0))
