@@ -22,7 +22,16 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
     values: dict[str, dict[str, object]] = {
         "server": {"hostname": "mx.tidings.test", "data_dir": str(directory / "data")},
         "database": {"url": db_url},
-        "listen": {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"},
+        "listen": {
+            "smtp": "127.0.0.1:0",
+            "submission": "127.0.0.1:0",
+            "submissions": "127.0.0.1:0",
+            "pop3": "127.0.0.1:0",
+            "pop3s": "127.0.0.1:0",
+        },
+        # Nothing answers there: a test never reaches the Internet's DNS; those that need DNS
+        # start a loopback server and say so.
+        "dns": {"nameservers": ["127.0.0.1:9"], "timeout": 1.0},
     }
     for name, keys in sections.items():
         values.setdefault(name, {}).update(keys)
@@ -33,7 +42,8 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
             if isinstance(value, str):
                 lines.append(f'{key} = "{value}"')
             elif isinstance(value, list | tuple):
-                lines.append(f"{key} = [{', '.join(repr(str(v)) for v in value)}]")
+                items = (str(v) if isinstance(v, int | float) else repr(str(v)) for v in value)
+                lines.append(f"{key} = [{', '.join(items)}]")
             elif isinstance(value, bool):
                 lines.append(f"{key} = {'true' if value else 'false'}")
             else:

@@ -11,14 +11,16 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from tidings.auth import AuthFailureLimiter
+from tidings.auth import Authenticator, AuthFailureLimiter
 from tidings.config import Config, ConfigError, parse_hostport
 from tidings.delivery import MailDelivery
 from tidings.dns import Resolver
 from tidings.mailauth.dmarc import organizational_domain
 from tidings.pop3.session import Pop3Service, Pop3Settings
+from tidings.queue.worker import QueueRunner
 from tidings.smtp.inbound import InboundHandler
 from tidings.smtp.server import TidingsSMTP
+from tidings.smtp.submission import SubmissionHandler
 from tidings.store.db import Store
 from tidings.tls import server_context
 
@@ -56,6 +58,7 @@ class App:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, str] = {}
         self.pop3: Pop3Service | None = None
+        self.queue: QueueRunner | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -70,16 +73,22 @@ class App:
             limits.auth_max_failures_per_account,
             limits.auth_failure_window,
         )
+        self.authenticator = Authenticator(self.store, self.auth_limiter, limits.auth_failure_delay)
+        self.resolver = Resolver.from_config(config.dns)
         try:
             if config.listen.smtp:
                 resolver = None
                 if config.mailauth.enabled:
-                    resolver = Resolver.from_config(config.dns)
+                    resolver = self.resolver
                     # The public suffix list loads on first use (~60 ms): not on a session.
                     await asyncio.to_thread(organizational_domain, "example.com")
                 handler = InboundHandler(config, self.delivery, resolver)
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
+            await self._start_submission()
             await self._start_pop3()
+            self.queue = QueueRunner(self.store, config, self.resolver, self.delivery)
+            self.delivery.on_queued.append(self.queue.wake)
+            self.queue.start()
         except BaseException:
             await self.stop()
             raise
@@ -96,6 +105,21 @@ class App:
             tls_context=self.tls,
         )
 
+    async def _start_submission(self) -> None:
+        listen = self.config.listen
+        submission = SubmissionHandler(self.config, self.delivery, self.authenticator)
+        if listen.submission:
+            await self._listen(
+                "submission", listen.submission, lambda: submission.smtp(self.tls, False)
+            )
+        if listen.submissions:
+            await self._listen(
+                "submissions",
+                listen.submissions,
+                lambda: submission.smtp(self.tls, True),
+                self.tls,
+            )
+
     async def _start_pop3(self) -> None:
         config = self.config
         if not (config.listen.pop3 or config.listen.pop3s):
@@ -105,9 +129,8 @@ class App:
             keep_on_server=config.pop3.keep_on_server,
             allow_insecure_auth=config.pop3.allow_insecure_auth,
             timeout=config.limits.pop3_timeout,
-            auth_failure_delay=config.limits.auth_failure_delay,
         )
-        self.pop3 = pop3 = Pop3Service(self.store, settings, self.auth_limiter, self.tls)
+        self.pop3 = pop3 = Pop3Service(self.store, settings, self.authenticator, self.tls)
         if config.listen.pop3:
             await self._listen("pop3", config.listen.pop3, pop3.protocol_factory(False))
         if config.listen.pop3s:
@@ -136,6 +159,8 @@ class App:
             server.close()
         if self.pop3 is not None:
             await self.pop3.close()
+        if self.queue is not None:
+            await self.queue.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
         await self.store.close()

@@ -1,5 +1,5 @@
 """Passwords: Argon2id hashes (argon2-cffi), checked off the event loop; SASL PLAIN and LOGIN
-decoding; and the auth-failure limiter that POP3 and IMAP share.
+decoding; the auth-failure limiter; and the login check every protocol shares.
 
 A hash costs tens of milliseconds of CPU on purpose; servers call :func:`verify_password_async`
 so that one login never stalls every other session.
@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import ipaddress
+import logging
 import secrets
 import time
 from collections import deque
@@ -18,6 +19,12 @@ from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from tidings.store.accounts import AdminError, account_address, get_password_hash
+from tidings.store.db import Store, describe_db_error
+
+log = logging.getLogger(__name__)
 
 _hasher = PasswordHasher()  # argon2-cffi's defaults: Argon2id, RFC 9106 low-memory profile
 
@@ -133,6 +140,8 @@ class AuthFailureLimiter:
         self.window = window
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        # Of those, attempts still being checked (reserved by try_attempt).
+        self._pending: dict[str, int] = {}
 
     def _recent(self, key: str, now: float) -> int:
         times = self._failures.get(key)
@@ -161,24 +170,53 @@ class AuthFailureLimiter:
 
         The attempt counts as a failure from now until :meth:`withdraw` takes it back after a
         success, so that many attempts in parallel cannot all pass the check before any of
-        them has failed.
+        them has failed; :meth:`settle` turns it into a real failure.
         """
         if self.blocked(ip, account):
             return False
         self.record_failure(ip, account)
+        for key in self._keys(ip, account):
+            self._pending[key] = self._pending.get(key, 0) + 1
         return True
 
     def withdraw(self, ip: str, account: str | None = None) -> None:
         """Take back one attempt reserved by :meth:`try_attempt` (it succeeded)."""
-        keys = ["ip " + client_key(ip)]
-        if account:
-            keys.append("account " + account.lower())
-        for key in keys:
+        for key in self._keys(ip, account):
+            self._unpend(key)
             times = self._failures.get(key)
             if times:
                 times.pop()
                 if not times:
                     del self._failures[key]
+
+    def settle(self, ip: str, account: str | None = None) -> None:
+        """The attempt reserved by :meth:`try_attempt` failed: it stays counted."""
+        for key in self._keys(ip, account):
+            self._unpend(key)
+
+    def failed_out(self, ip: str, account: str | None = None) -> bool:
+        """Whether failures alone — not attempts still in progress — reach a limit: the
+        difference between "try again later" and "wait for the others to finish"."""
+        now = self.clock()
+        for key, limit in (
+            ("ip " + client_key(ip), self.max_per_client),
+            ("account " + (account or "").lower(), self.max_per_account if account else 0),
+        ):
+            if limit and self._recent(key, now) - self._pending.get(key, 0) >= limit:
+                return True
+        return False
+
+    def _keys(self, ip: str, account: str | None) -> list[str]:
+        keys = ["ip " + client_key(ip)]
+        if account:
+            keys.append("account " + account.lower())
+        return keys
+
+    def _unpend(self, key: str) -> None:
+        if self._pending.get(key, 0) > 1:
+            self._pending[key] -= 1
+        else:
+            self._pending.pop(key, None)
 
     def record_failure(self, ip: str, account: str | None = None) -> None:
         now = self.clock()
@@ -195,3 +233,72 @@ class AuthFailureLimiter:
             self._recent(key, now)
         while len(self._failures) >= self.MAX_KEYS:  # still full of fresh keys: forget the oldest
             del self._failures[next(iter(self._failures))]
+
+
+# --- checking a login against the store ----------------------------------------------------------
+
+
+# How long a login waits for a free attempt while the client's other logins are checked.
+RESERVE_WAIT_SECONDS = 10.0
+
+
+class LoginRefused(Exception):
+    """A login that did not succeed; ``temporary`` when the fault is ours or the client is
+    rate-limited (try later), not a wrong password."""
+
+    def __init__(self, reason: str, *, temporary: bool) -> None:
+        super().__init__(reason)
+        self.temporary = temporary
+
+
+class Authenticator:
+    """Checks user name and password for every protocol that takes them (POP3, submission,
+    IMAP), through one limiter: a guesser gains nothing by switching between them."""
+
+    def __init__(self, store: Store, limiter: AuthFailureLimiter, failure_delay: float) -> None:
+        self.store = store
+        self.limiter = limiter
+        self.failure_delay = failure_delay
+        self._dummy_hash: str | None = None
+
+    async def login(self, ip: str, user: str, password: str, protocol: str) -> str:
+        """The account address ``user`` names if ``password`` is its password; else
+        LoginRefused, after ``failure_delay`` for a wrong password."""
+        try:
+            address: str | None = account_address(user)
+        except AdminError:
+            address = None
+        await self._reserve(ip, address or user, protocol)
+        try:
+            stored_hash = await get_password_hash(self.store, address) if address else None
+        except (SQLAlchemyError, OSError) as e:
+            self.limiter.withdraw(ip, address or user)  # our failure, not the client's
+            log.error("%s %s: login: %s", protocol, ip, describe_db_error(e))
+            raise LoginRefused("Temporary server failure, try again later", temporary=True) from e
+        # An unknown user costs a hash check too, so the reply time does not tell who exists.
+        valid = await verify_password_async(stored_hash or await self._dummy(), password)
+        if not (valid and stored_hash and address):
+            self.limiter.settle(ip, address or user)
+            log.info("%s %s: authentication failed for %r", protocol, ip, user)
+            await asyncio.sleep(self.failure_delay)
+            raise LoginRefused("Authentication failed", temporary=False)
+        self.limiter.withdraw(ip, address)
+        log.info("%s %s: %s logged in", protocol, ip, address)
+        return address
+
+    async def _reserve(self, ip: str, account: str, protocol: str) -> None:
+        """Reserve an attempt. While only attempts in progress fill the budget (a client
+        opening many sessions at once), wait for them to finish instead of refusing."""
+        deadline = asyncio.get_running_loop().time() + RESERVE_WAIT_SECONDS
+        while not self.limiter.try_attempt(ip, account):
+            if self.limiter.failed_out(ip, account) or (
+                asyncio.get_running_loop().time() > deadline
+            ):
+                log.warning("%s %s: login for %r refused: too many failures", protocol, ip, account)
+                raise LoginRefused("Too many failed logins; try again later", temporary=True)
+            await asyncio.sleep(0.02)
+
+    async def _dummy(self) -> str:
+        if self._dummy_hash is None:
+            self._dummy_hash = await asyncio.to_thread(hash_password, "not anyone's password")
+        return self._dummy_hash

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -31,7 +32,7 @@ from tidings.config import (
     to_toml,
 )
 from tidings.store import accounts
-from tidings.store.accounts import AdminError
+from tidings.store.accounts import AdminError, now
 from tidings.store.db import Store, StoreError
 
 if TYPE_CHECKING:
@@ -288,6 +289,102 @@ def cmd_dns(args: argparse.Namespace, config: Config) -> None:
         print(dnsrecords.summary_line(report))
 
 
+def cmd_dkim(args: argparse.Namespace, config: Config) -> None:
+    # cryptography and the signing module load only for this command.
+    from tidings.store import dkimkeys  # noqa: PLC0415
+
+    async def act(store: Store) -> None:
+        if args.action == "generate":
+            from tidings import dnsrecords  # noqa: PLC0415
+            from tidings.mailauth.signing import generate_private_key  # noqa: PLC0415
+
+            selector = args.selector or dkimkeys.default_selector(args.algorithm)
+            pem = await asyncio.to_thread(generate_private_key, args.algorithm)
+            key = await dkimkeys.add_key(store, args.domain, selector, args.algorithm, pem)
+            record = next(
+                r
+                for r in dnsrecords.expected_records(
+                    key.domain, config.server.hostname, [dnsrecords.DkimKey(key.selector, pem)]
+                )
+                if r.kind is dnsrecords.Kind.DKIM
+            )
+            # Zone-file text throughout, so the output can be appended to a zone as it is.
+            print(f"; {key.algorithm} DKIM key {key.selector} for {key.domain}: mail from the")
+            print("; domain is signed with it from now on; publish this record:")
+            print(dnsrecords.zone_line(record))
+        elif args.action == "remove":
+            await dkimkeys.remove_key(store, args.domain, args.selector)
+            print(f"removed DKIM key {args.selector} of {args.domain}")
+        else:
+            rows = await dkimkeys.list_keys(store, args.domain)
+            _print_rows(
+                args, rows, lambda k: f"{k.domain}\t{k.selector}\t{k.algorithm}\t{k.created}"
+            )
+
+    run_loop(_with_store(config, act))
+
+
+def _queue_json(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _queue_lines(message: Any) -> list[str]:
+    lines = [
+        f"{message.queue_id}\t{_human_size(message.size)}\t"
+        f"{message.created_at:%Y-%m-%d %H:%M:%S}\t<{message.sender}>"
+    ]
+    for r in message.recipients:
+        error = f"\t{r.last_error}" if r.last_error else ""
+        lines.append(
+            f"  {r.recipient}\t{r.state}\tattempts={r.attempts}\t"
+            f"next={r.next_attempt:%Y-%m-%d %H:%M:%S}{error}"
+        )
+    return lines
+
+
+def cmd_queue(args: argparse.Namespace, config: Config) -> None:
+    from tidings.queue import store as queue_store  # noqa: PLC0415
+
+    async def act(store: Store) -> None:
+        queue_id = getattr(args, "id", None)
+        if args.action in ("list", "show"):
+            async with store.read() as conn:
+                messages = await queue_store.list_messages(conn, queue_id)
+                header = ""
+                if args.action == "show":
+                    if not messages:
+                        raise CommandError(f"no message {queue_id} in the queue")
+                    header = await queue_store.message_header(conn, messages[0].queue_id)
+            if args.json:
+                rows = [dataclasses.asdict(m) for m in messages]
+                if args.action == "show":
+                    rows[0]["header"] = header
+                print(json.dumps(rows if args.action == "list" else rows[0], indent=2,
+                                 default=_queue_json))  # fmt: skip
+                return
+            for message in messages:
+                print("\n".join(_queue_lines(message)))
+            if args.action == "show":
+                print()
+                print(header, end="")
+            elif not messages:
+                print("the queue is empty", file=sys.stderr)
+            return
+        async with store.write() as conn:
+            if args.action == "delete":
+                count = await queue_store.delete_message(conn, args.id)
+            else:
+                count = await queue_store.set_state(conn, queue_id, action=args.action, at=now())
+        if queue_id is not None and count == 0:
+            raise CommandError(f"no message {queue_id} in the queue to {args.action}")
+        what = f"message {queue_id}" if queue_id else "the queue"
+        print(f"{args.action}: {what}, {count} recipient(s)")
+
+    run_loop(_with_store(config, act))
+
+
 # --- argument parsing ------------------------------------------------------------------------
 
 
@@ -345,6 +442,34 @@ def build_parser() -> Parser:
     a.add_argument("domain", nargs="?")
     a.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("dkim", help="DKIM keys that sign the domains' outgoing mail")
+    ksub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    k = ksub.add_parser(
+        "generate",
+        help="make a key for DOMAIN, store it and print its DNS record",
+        description="Make a signing key for DOMAIN, keep it in the database and print the DNS "
+        "TXT record to publish. Mail from the domain is signed with every key it has (RSA and "
+        "Ed25519 together give two signatures).",
+    )
+    k.add_argument("domain")
+    k.add_argument(
+        "--selector",
+        help="the key's name in DNS (default: t<YYYYMMDD> of today, UTC, then r for RSA or "
+        "e for Ed25519, e.g. t20261123r)",
+    )
+    k.add_argument(
+        "--algorithm",
+        choices=("rsa", "ed25519"),
+        default="rsa",
+        help="rsa (2048 bits, understood everywhere; the default) or ed25519 (RFC 8463)",
+    )
+    k = ksub.add_parser("list", help="the stored keys: domain, selector, algorithm, created")
+    k.add_argument("domain", nargs="?")
+    k.add_argument("--json", action="store_true")
+    k = ksub.add_parser("remove", help="delete a key; mail is no longer signed with it")
+    k.add_argument("domain")
+    k.add_argument("selector")
+
     p = sub.add_parser("dns", help="the DNS records a domain needs, and a check of them")
     nsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     n = nsub.add_parser("records", help="print the records to publish, in zone-file syntax")
@@ -353,6 +478,21 @@ def build_parser() -> Parser:
     n = nsub.add_parser("check", help="look the records up; exit 1 if a required one is wrong")
     n.add_argument("domain")
     n.add_argument("--json", action="store_true")
+    p = sub.add_parser("queue", help="outbound mail waiting to be relayed")
+    qsub = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    q = qsub.add_parser("list", help="every queued message and its recipients")
+    q.add_argument("--json", action="store_true")
+    q = qsub.add_parser("show", help="one message: recipients, attempts, errors, header")
+    q.add_argument("id", help="the queue id (from the 250 reply, the log or queue list)")
+    q.add_argument("--json", action="store_true")
+    q = qsub.add_parser("retry", help="try now instead of at the next scheduled attempt")
+    q.add_argument("id", nargs="?", help="one message (default: all of them)")
+    for action, text in (
+        ("hold", "keep a message in the queue without trying it"),
+        ("release", "let a held message be tried again, now"),
+        ("delete", "drop a message without delivering or bouncing it"),
+    ):
+        qsub.add_parser(action, help=text).add_argument("id")
     return parser
 
 
@@ -361,6 +501,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], None]] = {
     "domain": cmd_domain,
     "user": cmd_user,
     "alias": cmd_alias,
+    "dkim": cmd_dkim,
+    "queue": cmd_queue,
     "dns": cmd_dns,
 }
 

@@ -51,6 +51,10 @@ class TLSConfig:
 class ListenConfig:
     # "host:port"; an empty string disables the listener; port 0 picks a free port.
     smtp: str = "127.0.0.1:2525"
+    # Message submission with STARTTLS (RFC 6409; 587 in production) and over implicit TLS
+    # (RFC 8314; 465 in production).
+    submission: str = "127.0.0.1:5587"
+    submissions: str = "127.0.0.1:5465"
     # POP3 with STLS (RFC 2595), and POP3 over implicit TLS (RFC 8314).
     pop3: str = "127.0.0.1:1110"
     pop3s: str = "127.0.0.1:1995"
@@ -66,6 +70,11 @@ class DNSConfig:
 class RelayConfig:
     port: int = 25
     smarthost: str = ""
+    # Credentials for the smarthost (AUTH PLAIN, only over TLS); both empty: no AUTH.
+    smarthost_username: str = ""
+    smarthost_password: str = ""
+    # Seconds to wait for a remote MX to connect or answer one command.
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,14 @@ class MailAuthConfig:
 @dataclass(frozen=True)
 class QueueConfig:
     max_age: float = 5 * 24 * 3600.0
+    # Seconds between attempts after a temporary failure; the last one repeats.
+    retry_schedule: tuple[float, ...] = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0)
+    # Seconds a claimed message stays reserved for the worker sending it (renewed while it
+    # sends); after a crash the message is tried again once this has passed.
+    lease: float = 60.0
+    # Outbound SMTP connections open at once in this process, and at most per domain.
+    max_connections: int = 20
+    connections_per_domain: int = 4
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,17 @@ def _convert(key: str, hint: Any, value: Any, from_env: bool) -> Any:
                 raise ConfigError(f"{key}: {e}") from None
         raise ConfigError(f"{key}: expected a size such as 25M, got {value!r}")
     origin = typing.get_origin(hint)
+    if origin is tuple and typing.get_args(hint)[0] is float:
+        if from_env and isinstance(value, str):
+            try:
+                return tuple(float(v) for v in value.split(",") if v.strip())
+            except ValueError:
+                pass
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{key}: expected a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     if origin is tuple:
         if from_env and isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
@@ -333,6 +361,24 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.auth_failure_delay: must be a number of seconds, 0 or more")
     if config.delivery.max_batch < 1:
         raise ConfigError("delivery.max_batch: must be at least 1")
+    if not config.queue.retry_schedule:
+        raise ConfigError("queue.retry_schedule: needs at least one interval")
+    for key, count in (
+        ("queue.max_connections", config.queue.max_connections),
+        ("queue.connections_per_domain", config.queue.connections_per_domain),
+    ):
+        if count < 1:
+            raise ConfigError(f"{key}: must be at least 1")
+    if config.relay.smarthost:
+        try:
+            parse_hostport(config.relay.smarthost, default_port=25)
+        except ValueError as e:
+            raise ConfigError(f"relay.smarthost: {e}") from None
+    if bool(config.relay.smarthost_username) != bool(config.relay.smarthost_password):
+        raise ConfigError(
+            "relay.smarthost_password: relay.smarthost_username and relay.smarthost_password "
+            "must be given together"
+        )
     if not 1 <= config.relay.port <= 65535:
         raise ConfigError(f"relay.port: must be between 1 and 65535, got {config.relay.port}")
     for key, seconds in (
@@ -341,6 +387,9 @@ def validate(config: Config) -> None:
         ("limits.pop3_timeout", config.limits.pop3_timeout),
         ("limits.auth_failure_window", config.limits.auth_failure_window),
         ("queue.max_age", config.queue.max_age),
+        ("queue.lease", config.queue.lease),
+        ("relay.timeout", config.relay.timeout),
+        *(("queue.retry_schedule", s) for s in config.queue.retry_schedule),
     ):
         if not (math.isfinite(seconds) and seconds > 0):
             raise ConfigError(f"{key}: must be a positive number of seconds, got {seconds!r}")

@@ -17,7 +17,10 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import secrets
+import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -64,8 +67,15 @@ class RecipientError(Exception):
 
 
 class RelayDenied(RecipientError):
+    """The address is not in one of our domains (port 25 refuses it; submission relays it)."""
+
     def __init__(self, address: str) -> None:
         super().__init__(f"554 5.7.1 <{address}>: Relay access denied")
+
+
+@dataclass(frozen=True, slots=True)
+class _NotOurs:
+    """A cached answer: the address belongs to another domain."""
 
 
 class UnknownRecipient(RecipientError):
@@ -121,6 +131,19 @@ def combine(resolutions: list[Resolution]) -> tuple[tuple[LocalTarget, ...], tup
     return tuple(local.values()), tuple(remote.values())
 
 
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+
+
+def new_message_id() -> str:
+    """A short, unique, sortable-ish id for logs and replies (time + randomness)."""
+    n = int(time.time() * 1000) << 24 | secrets.randbits(24)
+    out = []
+    while n:
+        n, r = divmod(n, len(_ID_ALPHABET))
+        out.append(_ID_ALPHABET[r])
+    return "".join(reversed(out))
+
+
 # How often delivery reads the directory serial: changes made with the CLI (a new user, a
 # removed alias, a lower quota) reach RCPT decisions within this many seconds.
 DIRECTORY_POLL_SECONDS = 0.5
@@ -140,17 +163,20 @@ class MailDelivery:
         self.config = config
         self._pending: list[_Pending] = []
         self._committer: asyncio.Task[None] | None = None
-        self._cache: dict[str, Resolution | str] = {}
+        self._cache: dict[str, Resolution | _NotOurs | str] = {}
         self._serial: int | None = None
         self._serial_read_at = 0.0
         self._serial_reader: asyncio.Task[None] | None = None
+        # Called after a commit that queued mail for remote recipients (the queue runner's
+        # wake-up), so relaying starts at once instead of at the next poll.
+        self.on_queued: list[Callable[[], None]] = []
 
     # --- recipients ---------------------------------------------------------------------------
 
     async def resolve_recipient(self, address: Address) -> Resolution:
         """Where mail for ``address`` goes; RecipientError if it must be refused."""
         try:
-            serial = await self._directory_serial()
+            serial = await self.directory_serial()
             entry = self._cache.get(address.key)
             if entry is None:
                 entry = await self.store.run_read(functools.partial(self._resolve, address))
@@ -158,6 +184,8 @@ class MailDelivery:
                     if len(self._cache) >= MAX_CACHED_RECIPIENTS:
                         self._cache.clear()
                     self._cache[address.key] = entry
+            if isinstance(entry, _NotOurs):
+                raise RelayDenied(str(address))
             if isinstance(entry, str):
                 raise RecipientError(entry)
             limited = [t.account_id for t in entry.local if t.quota_bytes]
@@ -171,7 +199,7 @@ class MailDelivery:
         except (SQLAlchemyError, OSError) as e:
             raise StoreError(describe_db_error(e)) from e
 
-    async def _directory_serial(self) -> int | None:
+    async def directory_serial(self) -> int | None:
         """The directory serial, read at most every DIRECTORY_POLL_SECONDS; clears the cache."""
         now_ = asyncio.get_running_loop().time()
         if self._serial is None or now_ - self._serial_read_at >= DIRECTORY_POLL_SECONDS:
@@ -187,11 +215,11 @@ class MailDelivery:
             self._serial = serial
         self._serial_read_at = asyncio.get_running_loop().time()
 
-    def _resolve(self, address: Address, conn: Connection) -> Resolution | str:
+    def _resolve(self, address: Address, conn: Connection) -> Resolution | _NotOurs | str:
         """Where ``address`` leads, or the reply refusing it (both worth caching)."""
         lookup = _Lookup.prefetch(conn, address, self.config.recipient_delimiter)
         if not lookup.is_local_domain(address.domain):
-            return RelayDenied(str(address)).reply
+            return _NotOurs()
         if address.is_quoted or address.domain.startswith("["):
             return UnknownRecipient(str(address)).reply
         resolution = self._expand(lookup, address.key, depth=0, seen=frozenset())
@@ -289,6 +317,9 @@ class MailDelivery:
                 continue
             for p, outcome in zip(batch, outcomes, strict=True):
                 _settle(p.done, outcome)
+            if any(p.delivery.remote for p in batch):
+                for callback in self.on_queued:
+                    callback()
 
     async def _commit(self, deliveries: list[Delivery]) -> list[Exception | None]:
         return await self.store.run_write(functools.partial(store_deliveries, deliveries))
@@ -327,7 +358,7 @@ def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Excep
     uids = allocate_uids(conn, Counter(t.mailbox_id for d in accepted for t in d.local))
     offset: defaultdict[int, int] = defaultdict(int)
     rows: list[dict[str, object]] = []
-    queue: list[tuple[int, str, str]] = []
+    queue: list[tuple[int, str, str, str]] = []
     for d, blob_id in zip(accepted, blob_ids, strict=True):
         for t in d.local:
             n = offset[t.mailbox_id]
@@ -344,7 +375,7 @@ def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Excep
                     "blob_id": blob_id,
                 }
             )
-        queue.extend((blob_id, d.sender, r) for r in d.remote)
+        queue.extend((blob_id, d.id, d.sender, r) for r in d.remote)
     insert_messages(conn, rows)
     enqueue(conn, queue, at)
     add_usage(conn, added)

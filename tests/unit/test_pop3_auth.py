@@ -132,3 +132,18 @@ def test_parallel_attempts_cannot_all_pass_the_check() -> None:
     limiter.withdraw("192.0.2.1", "alice@example.org")
     assert limiter.try_attempt("192.0.2.1", "alice@example.org")
     assert not limiter.try_attempt("192.0.2.1", "alice@example.org")
+
+
+def test_attempts_in_progress_are_told_apart_from_failures() -> None:
+    """A client opening many sessions at once waits for its other logins; a guesser whose
+    failures fill the budget is refused."""
+    limiter = AuthFailureLimiter(2, 0, 300.0, clock=lambda: 1000.0)
+    assert limiter.try_attempt("192.0.2.1") and limiter.try_attempt("192.0.2.1")
+    assert not limiter.try_attempt("192.0.2.1")
+    assert not limiter.failed_out("192.0.2.1")  # only in progress: worth waiting for
+    limiter.withdraw("192.0.2.1")  # one succeeded
+    assert limiter.try_attempt("192.0.2.1")
+    limiter.settle("192.0.2.1")
+    limiter.settle("192.0.2.1")  # both failed
+    assert limiter.failed_out("192.0.2.1")
+    assert not limiter.try_attempt("192.0.2.1")

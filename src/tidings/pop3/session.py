@@ -27,13 +27,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from tidings.auth import (
     LOGIN_PASSWORD_CHALLENGE,
     LOGIN_USERNAME_CHALLENGE,
-    AuthFailureLimiter,
+    Authenticator,
+    LoginRefused,
     SaslError,
     decode_base64,
     decode_plain,
     decode_utf8,
-    hash_password,
-    verify_password_async,
 )
 from tidings.pop3 import parser as p
 from tidings.pop3.lock import MaildropLocks
@@ -47,7 +46,6 @@ from tidings.pop3.responses import (
     unique_id,
 )
 from tidings.store import mailbox as mb
-from tidings.store.accounts import AdminError, account_address, get_password_hash
 from tidings.store.db import Store, describe_db_error
 from tidings.store.models import Blob
 
@@ -70,7 +68,6 @@ class Pop3Settings:
     keep_on_server: bool = False
     allow_insecure_auth: bool = False
     timeout: float = 600.0
-    auth_failure_delay: float = 2.0
 
 
 class Pop3Error(Exception):
@@ -429,30 +426,10 @@ class Session:
         return decode_base64(text)
 
     async def login(self, user: str, password: str) -> None:
-        limiter = self.service.limiter
-        ip = self.conn.peer
         try:
-            address: str | None = account_address(user)
-        except AdminError:
-            address = None
-        if not limiter.try_attempt(ip, address or user):
-            log.warning("pop3 %s: login for %r refused: too many failures", ip, user)
-            raise Pop3Error("Too many failed logins; try again later", "SYS/TEMP")
-        try:
-            stored_hash = await get_password_hash(self.store, address) if address else None
-        except SQLAlchemyError as e:
-            limiter.withdraw(ip, address or user)  # our failure, not the client's
-            log.error("pop3 %s: login: %s", ip, describe_db_error(e))
-            raise Pop3Error("Temporary server failure, try again later", "SYS/TEMP") from None
-        # An unknown user costs a hash check too, so the reply time does not tell who exists.
-        valid = await verify_password_async(
-            stored_hash or await self.service.dummy_hash(), password
-        )
-        if not (valid and stored_hash and address):
-            log.info("pop3 %s: authentication failed for %r", ip, user)
-            await asyncio.sleep(self.settings.auth_failure_delay)
-            raise Pop3Error("Authentication failed", "AUTH")
-        limiter.withdraw(ip, address)
+            address = await self.service.authenticator.login(self.conn.peer, user, password, "pop3")
+        except LoginRefused as e:
+            raise Pop3Error(str(e), "SYS/TEMP" if e.temporary else "AUTH") from None
         await self.open_maildrop(address)
 
     async def open_maildrop(self, address: str) -> None:
@@ -617,30 +594,24 @@ class Session:
 
 
 class Pop3Service:
-    """What POP3 listeners share: store, settings, TLS, the maildrop locks, the limiter."""
+    """What POP3 listeners share: store, settings, TLS, the maildrop locks, the login check."""
 
     def __init__(
         self,
         store: Store,
         settings: Pop3Settings,
-        limiter: AuthFailureLimiter,
+        authenticator: Authenticator,
         tls: ssl.SSLContext | None,
     ) -> None:
         self.store = store
         self.settings = settings
-        self.limiter = limiter
+        self.authenticator = authenticator
         self.tls = tls
         self.locks = MaildropLocks(store)
         self.connections: set[Connection] = set()
-        self._dummy_hash: str | None = None
 
     def protocol_factory(self, implicit_tls: bool) -> Callable[[], asyncio.Protocol]:
         return lambda: Connection(self, implicit_tls)
-
-    async def dummy_hash(self) -> str:
-        if self._dummy_hash is None:
-            self._dummy_hash = await asyncio.to_thread(hash_password, "not anyone's password")
-        return self._dummy_hash
 
     async def close(self) -> None:
         """Drop every connection (no UPDATE: nothing is deleted) and release the locks."""

@@ -11,14 +11,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import secrets
-import time
 from email.utils import formatdate
 from typing import Any
 
 from tidings.address import Address
 from tidings.config import Config
-from tidings.delivery import Delivery, MailDelivery, RecipientError, combine
+from tidings.delivery import Delivery, MailDelivery, RecipientError, combine, new_message_id
 from tidings.dns import Resolver
 from tidings.mailauth.dmarc import Policy
 from tidings.mailauth.spf import spf_for_session
@@ -28,18 +26,6 @@ from tidings.store.db import StoreError
 
 log = logging.getLogger(__name__)
 
-_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
-
-
-def new_message_id() -> str:
-    """A short, unique, sortable-ish id for logs and replies (time + randomness)."""
-    n = int(time.time() * 1000) << 24 | secrets.randbits(24)
-    out = []
-    while n:
-        n, r = divmod(n, len(_ID_ALPHABET))
-        out.append(_ID_ALPHABET[r])
-    return "".join(reversed(out))
-
 
 def received_header(
     server: TidingsSMTP, session: Any, envelope: TidingsEnvelope, message_id: str
@@ -47,8 +33,11 @@ def received_header(
     """The ``Received:`` trace field (RFC 5321 §4.4) this hop prepends."""
     peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
     protocol = "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP" if session.extended_smtp else "SMTP"
+    # RFC 3848: S for TLS, A for an authenticated client.
     if server.tls_active and protocol != "SMTP":
         protocol += "S"
+    if getattr(session, "authenticated", False) and protocol != "SMTP":
+        protocol += "A"
     helo = _printable(session.host_name or "unknown")
     for_clause = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
     header = (

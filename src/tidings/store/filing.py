@@ -102,14 +102,15 @@ def special_use_mailboxes(
     return {account_id: mailbox_id for account_id, mailbox_id in rows}
 
 
-def enqueue(conn: Connection, rows: Sequence[tuple[int, str, str]], at: datetime) -> None:
-    """Queue (blob_id, sender, recipient) rows for relay, due now."""
+def enqueue(conn: Connection, rows: Sequence[tuple[int, str, str, str]], at: datetime) -> None:
+    """Queue (blob_id, queue_id, sender, recipient) rows for relay, due now."""
     if rows:
         conn.execute(
             insert(QueueItem),
             [
                 {
                     "blob_id": blob_id,
+                    "queue_id": queue_id,
                     "sender": sender,
                     "recipient": recipient,
                     "state": "queued",
@@ -117,6 +118,6 @@ def enqueue(conn: Connection, rows: Sequence[tuple[int, str, str]], at: datetime
                     "next_attempt": at,
                     "created_at": at,
                 }
-                for blob_id, sender, recipient in rows
+                for blob_id, queue_id, sender, recipient in rows
             ],
         )

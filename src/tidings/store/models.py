@@ -124,10 +124,17 @@ class QueueItem(Base):
     __table_args__ = (Index("ix_queue_state_next_attempt", "state", "next_attempt"), NO_REUSE)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), index=True)
+    # The message's id from the 250 reply: its recipients share one SMTP transaction.
+    queue_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     sender: Mapped[str] = mapped_column(String(320))
     recipient: Mapped[str] = mapped_column(String(320))
-    # "queued", "held"; delivered or bounced rows are deleted.
+    # "queued", "sending" (claimed; next_attempt is then the end of the lease), "held";
+    # delivered or bounced rows are deleted.
     state: Mapped[str] = mapped_column(String(16), default="queued")
+    # The token of the worker holding the row while it is "sending".
+    claim: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The host that gave the last reply (for the queue CLI and bounces).
+    remote_mta: Mapped[str | None] = mapped_column(String(255), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,661 @@
+"""The relay worker: claims due queue rows and delivers them to other domains' MX hosts.
+
+Per domain the recipients of one message share one SMTP transaction, and the domain's
+messages are spread over up to ``queue.connections_per_domain`` connections, each carrying
+several messages one after another. Hosts come from MX (lowest preference first, equal ones
+shuffled, RFC 5321 §5.1), the domain's own A/AAAA when it has no MX, and nothing at all for a
+null MX (RFC 7505). STARTTLS is used whenever a host offers it (opportunistic, RFC 7435 §3;
+certificates are not checked, as between MTAs without MTA-STS or DANE).
+
+Outcomes: 2xx → the row is done; 4xx or a host that cannot be reached → the next attempt on
+the retry schedule; 5xx, or a message older than ``queue.max_age`` → a delivery status
+notification (RFC 3464) to the sender, committed through the one door of ``delivery.py``
+before the row is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import logging
+import random
+import re
+import secrets
+import ssl
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import aiosmtplib
+from sqlalchemy.exc import SQLAlchemyError
+
+from tidings.address import AddressError, parse_mailbox
+from tidings.config import Config, parse_hostport
+from tidings.delivery import (
+    Delivery,
+    LocalTarget,
+    MailDelivery,
+    RecipientError,
+    RelayDenied,
+    new_message_id,
+)
+from tidings.dns import DNSError, DNSTempError, NXDomain, Resolver
+from tidings.queue import store as queue_store
+from tidings.queue.dsn import FailedRecipient, build_dsn
+from tidings.queue.schedule import next_attempt
+from tidings.queue.store import Claimed, Retry
+from tidings.store.accounts import now
+from tidings.store.db import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+# Rows claimed at once, and the most rows in flight in one process.
+CLAIM_BATCH = 200
+MAX_IN_FLIGHT = 1000
+# Recipients per transaction (RFC 5321 §4.5.3.1.8: a server takes at least 100).
+MAX_RCPTS = 100
+# Longest sleep between looks at the queue: other processes sharing a PostgreSQL store add
+# rows without waking this one.
+POLL_SECONDS = 1.0
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class RouteError(Exception):
+    """No host can be tried for a domain; ``permanent`` decides bounce or retry."""
+
+    def __init__(self, status: str, text: str, *, permanent: bool) -> None:
+        super().__init__(text)
+        self.status = status
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One address to try: the MX host's name (for logs, TLS SNI and DSNs) and its IP."""
+
+    host: str
+    ip: str
+    port: int
+
+
+@dataclass
+class Outgoing:
+    """One message for one domain: its claimed recipient rows share one transaction."""
+
+    queue_id: str
+    sender: str
+    content: bytes
+    rows: list[Claimed]
+
+
+@dataclass
+class Outcomes:
+    done: list[int] = field(default_factory=list)
+    retry: list[tuple[Claimed, str, str | None]] = field(default_factory=list)
+    failed: list[tuple[Claimed, str, str | None, str | None]] = field(default_factory=list)
+
+    def merge(self, other: Outcomes) -> None:
+        self.done.extend(other.done)
+        self.retry.extend(other.retry)
+        self.failed.extend(other.failed)
+
+    def temporary(self, rows: Sequence[Claimed], error: str, mta: str | None) -> None:
+        self.retry.extend((row, error, mta) for row in rows)
+
+    def permanent(
+        self, rows: Sequence[Claimed], status: str, diagnostic: str | None, mta: str | None
+    ) -> None:
+        self.failed.extend((row, status, diagnostic, mta) for row in rows)
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """Opportunistic TLS between MTAs: TLS ≥ 1.2, certificates not verified (RFC 7435)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def order_mx(records: Sequence[tuple[int, str]]) -> list[str]:
+    """MX hosts by preference, equal preferences in random order (RFC 5321 §5.1)."""
+    by_preference: defaultdict[int, list[str]] = defaultdict(list)
+    for preference, host in records:
+        by_preference[preference].append(host)
+    hosts: list[str] = []
+    for preference in sorted(by_preference):
+        group = by_preference[preference]
+        random.shuffle(group)
+        hosts.extend(h for h in group if h not in hosts)
+    return hosts
+
+
+def reply_status(code: int, message: str) -> str:
+    """The enhanced status code (RFC 3463) in a reply, or one made from its basic code."""
+    m = _ENHANCED.match(message)
+    if m and m.group(1) == str(code)[0]:
+        return m.group(0)
+    return f"{str(code)[0]}.0.0"
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:500]
+
+
+class QueueRunner:
+    """Runs the outbound queue of one process until stopped."""
+
+    def __init__(
+        self, store: Store, config: Config, resolver: Resolver, delivery: MailDelivery
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.resolver = resolver
+        self.delivery = delivery
+        self.hostname = config.server.hostname
+        self.token = secrets.token_hex(8)
+        self.tls = client_tls_context()
+        self.verified_tls = ssl.create_default_context()
+        self.verified_tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._wakeup = asyncio.Event()
+        self._connections = asyncio.Semaphore(config.queue.max_connections)
+        self._per_domain: dict[str, asyncio.Semaphore] = {}
+        self._in_flight: dict[int, Claimed] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name="queue-runner"),
+            asyncio.create_task(self._renew_leases(), name="queue-leases"),
+        ]
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming; give attempts in progress ``grace`` seconds, then abandon them (their
+        rows come back when the lease runs out)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._jobs:
+            await asyncio.wait(self._jobs, timeout=grace)
+        for task in [*self._tasks, *self._jobs]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._jobs, return_exceptions=True)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            room = MAX_IN_FLIGHT - len(self._in_flight)
+            claimed: list[Claimed] = []
+            if room > 0:
+                try:
+                    claimed = await self._claim(min(room, CLAIM_BATCH))
+                except StoreError as e:
+                    log.error("queue: cannot claim messages: %s", e)
+            if claimed:
+                self._dispatch(claimed)
+                continue
+            timeout = await self._sleep_time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+    async def _sleep_time(self) -> float:
+        try:
+            due = await self.store.run_read(queue_store.earliest_due)
+        except (StoreError, SQLAlchemyError, OSError):
+            return POLL_SECONDS
+        if due is None:
+            return POLL_SECONDS
+        return min(POLL_SECONDS, max(0.01, (due - now()).total_seconds()))
+
+    async def _claim(self, limit: int) -> list[Claimed]:
+        claim = functools.partial(
+            queue_store.claim_due,
+            token=self.token,
+            at=now(),
+            lease=self.config.queue.lease,
+            limit=limit,
+        )
+        try:
+            return await self.store.run_write(claim)
+        except (SQLAlchemyError, OSError) as e:
+            raise StoreError(str(e)) from e
+
+    def _dispatch(self, claimed: list[Claimed]) -> None:
+        by_domain: defaultdict[str, list[Claimed]] = defaultdict(list)
+        for row in claimed:
+            self._in_flight[row.id] = row
+            by_domain[row.recipient.rpartition("@")[2].lower()].append(row)
+        for domain, rows in by_domain.items():
+            job = asyncio.create_task(self._deliver_domain(domain, rows))
+            self._jobs.add(job)
+            job.add_done_callback(self._job_done)
+
+    def _job_done(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("queue job failed", exc_info=job.exception())
+        self._wakeup.set()
+
+    async def _renew_leases(self) -> None:
+        """Keep the rows this process is sending reserved while it sends them."""
+        interval = self.config.queue.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            ids = sorted(self._in_flight)
+            if not ids:
+                continue
+            until = now() + timedelta(seconds=self.config.queue.lease)
+            renew = functools.partial(queue_store.renew, token=self.token, ids=ids, until=until)
+            try:
+                await self.store.run_write(renew)
+            except (StoreError, SQLAlchemyError, OSError) as e:
+                log.warning("queue: cannot renew leases: %s", e)
+
+    # --- one domain ---------------------------------------------------------------------------
+
+    async def _deliver_domain(self, domain: str, rows: list[Claimed]) -> None:
+        outcomes = Outcomes()
+        try:
+            messages = await self._messages(rows)
+            try:
+                hops = await self._route(domain)
+            except RouteError as e:
+                log.info("queue: %s: %s", domain, e)
+                if e.permanent:
+                    outcomes.permanent(rows, e.status, None, None)
+                else:
+                    outcomes.temporary(rows, str(e), None)
+            else:
+                await self._send_all(domain, hops, messages, outcomes)
+            await self._record(outcomes)
+        except (StoreError, SQLAlchemyError, OSError) as e:
+            # The rows stay claimed; they come back when the lease runs out.
+            log.error("queue: %s: cannot record outcomes: %s", domain, e)
+        finally:
+            for row in rows:
+                self._in_flight.pop(row.id, None)
+
+    async def _messages(self, rows: list[Claimed]) -> list[Outgoing]:
+        contents = await self.store.run_read(
+            functools.partial(queue_store.blob_contents, blob_ids=[r.blob_id for r in rows])
+        )
+        groups: dict[tuple[str, str], list[Claimed]] = {}
+        for row in rows:
+            groups.setdefault((row.queue_id, row.sender), []).append(row)
+        messages: list[Outgoing] = []
+        for (queue_id, sender), members in groups.items():
+            for i in range(0, len(members), MAX_RCPTS):
+                batch = members[i : i + MAX_RCPTS]
+                messages.append(Outgoing(queue_id, sender, contents[batch[0].blob_id], batch))
+        return messages
+
+    async def _route(self, domain: str) -> list[Hop]:
+        """The addresses to try for ``domain``, in order."""
+        relay = self.config.relay
+        if relay.smarthost:
+            # Connected by name: the system resolver finds it, and TLS checks the name.
+            host, port = parse_hostport(relay.smarthost, default_port=25)
+            return [Hop(host, host, port)]
+        try:
+            mxs = await self.resolver.mx(domain)
+        except NXDomain:
+            raise RouteError("5.1.2", f"domain {domain} does not exist", permanent=True) from None
+        except DNSError as e:
+            raise RouteError("4.4.3", f"MX lookup for {domain} failed: {e}", permanent=False) from e
+        if any(mx.host in ("", ".") for mx in mxs):
+            # RFC 7505 §3: the domain accepts no mail at all.
+            raise RouteError("5.1.10", f"{domain} accepts no mail (null MX)", permanent=True)
+        # No MX: the domain itself is the host (RFC 5321 §5.1, the "implicit MX").
+        hosts = order_mx([(mx.preference, mx.host) for mx in mxs]) if mxs else [domain]
+        if self.hostname.lower() in (h.lower() for h in hosts):
+            raise RouteError("5.4.6", f"MX for {domain} points back to this server", permanent=True)
+        hops: list[Hop] = []
+        temporary = False
+        for host in hosts:
+            try:
+                hops.extend(Hop(host, ip, relay.port) for ip in await self._addresses(host))
+            except DNSTempError:
+                temporary = True
+        if not hops:
+            if temporary or mxs:
+                raise RouteError(
+                    "4.4.4", f"no address found for the mail hosts of {domain}", permanent=False
+                )
+            raise RouteError("5.1.2", f"{domain} has no mail host", permanent=True)
+        return hops
+
+    async def _addresses(self, host: str) -> list[str]:
+        """IPv4 and IPv6 addresses of ``host`` (an IP literal is itself)."""
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            pass
+        found: list[str] = []
+        failure: DNSTempError | None = None
+        for version in (6, 4):
+            try:
+                found.extend(str(ip) for ip in await self.resolver.addresses(host, version))
+            except NXDomain:
+                continue
+            except DNSTempError as e:
+                failure = e
+        if not found and failure is not None:
+            raise failure
+        return found
+
+    async def _send_all(
+        self, domain: str, hops: list[Hop], messages: list[Outgoing], outcomes: Outcomes
+    ) -> None:
+        """Spread ``messages`` over up to connections_per_domain connections."""
+        lanes = max(1, min(self.config.queue.connections_per_domain, len(messages)))
+        semaphore = self._per_domain.setdefault(
+            domain, asyncio.Semaphore(self.config.queue.connections_per_domain)
+        )
+        await asyncio.gather(
+            *(self._send_lane(semaphore, hops, messages[i::lanes], outcomes) for i in range(lanes))
+        )
+
+    async def _send_lane(
+        self,
+        semaphore: asyncio.Semaphore,
+        hops: list[Hop],
+        messages: list[Outgoing],
+        outcomes: Outcomes,
+    ) -> None:
+        async with semaphore, self._connections:
+            pending = list(messages)
+            last_error = "no host could be reached"
+            last_mta: str | None = None
+            for hop in hops:
+                if not pending:
+                    return
+                try:
+                    client = await self._connect(hop)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                    last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
+                    log.info("queue: cannot use %s[%s]:%d: %s", hop.host, hop.ip, hop.port, e)
+                    continue
+                try:
+                    while pending:
+                        # Outcomes count once the transaction ended; a connection lost in it
+                        # leaves the whole message to the next host.
+                        result = Outcomes()
+                        await self._send_one(client, hop, pending[0], result)
+                        outcomes.merge(result)
+                        pending.pop(0)
+                except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                    # The connection broke in the middle: the message it was carrying and the
+                    # rest go to the next host.
+                    last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
+                    log.info("queue: lost %s[%s]: %s", hop.host, hop.ip, e)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.quit(), 5)
+                    client.close()
+            for message in pending:
+                log.info(
+                    "relay id=%s to=%s status=deferred (%s)",
+                    message.queue_id,
+                    ",".join(r.recipient for r in message.rows),
+                    last_error,
+                )
+                outcomes.temporary(message.rows, last_error, last_mta)
+
+    async def _connect(self, hop: Hop) -> aiosmtplib.SMTP:
+        relay = self.config.relay
+        smarthost = bool(relay.smarthost)
+        implicit = smarthost and hop.port == 465
+        # A password goes only to a smarthost whose certificate checks out.
+        tls = self.verified_tls if smarthost and relay.smarthost_username else self.tls
+        client = aiosmtplib.SMTP(
+            hostname=hop.ip,
+            port=hop.port,
+            local_hostname=self.hostname,
+            timeout=relay.timeout,
+            use_tls=implicit,
+            start_tls=False,
+            tls_context=tls,
+        )
+        await client.connect()
+        secure = implicit
+        try:
+            await client.ehlo()
+            if not implicit and client.supports_extension("starttls"):
+                try:
+                    await client.starttls(server_hostname=hop.host, tls_context=tls)
+                    secure = True
+                except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as e:
+                    if smarthost and relay.smarthost_username:
+                        raise
+                    # RFC 7435 §3: opportunistic TLS that fails falls back to clear text.
+                    log.info("queue: STARTTLS with %s failed (%s); retrying without", hop.host, e)
+                    client.close()
+                    client = aiosmtplib.SMTP(
+                        hostname=hop.ip,
+                        port=hop.port,
+                        local_hostname=self.hostname,
+                        timeout=relay.timeout,
+                        start_tls=False,
+                    )
+                    await client.connect()
+                    await client.ehlo()
+            if smarthost and relay.smarthost_username:
+                if not secure:
+                    raise aiosmtplib.SMTPException(
+                        "the smarthost offers no TLS; not sending the password in clear text"
+                    )
+                await client.login(relay.smarthost_username, relay.smarthost_password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _send_one(
+        self, client: aiosmtplib.SMTP, hop: Hop, message: Outgoing, outcomes: Outcomes
+    ) -> None:
+        """One SMTP transaction; replies become outcomes, a broken connection raises."""
+        options: list[str] = []
+        if client.supports_extension("size"):
+            options.append(f"SIZE={len(message.content)}")
+        if client.supports_extension("8bitmime") and not message.content.isascii():
+            options.append("BODY=8BITMIME")
+        addresses = [message.sender, *(r.recipient for r in message.rows)]
+        encoding = "ascii"
+        if not all(a.isascii() for a in addresses):
+            if not client.supports_extension("smtputf8"):
+                outcomes.permanent(
+                    message.rows, "5.6.7", f"smtp; {hop.host} does not support SMTPUTF8", hop.host
+                )
+                return
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
+        mta = hop.host
+        try:
+            await client.mail(message.sender, options=options, encoding=encoding)
+        except aiosmtplib.SMTPResponseException as e:
+            if e.code == 421:  # RFC 5321 §3.8: the host is closing; try the next one
+                raise
+            self._refused(message.rows, e, mta, outcomes, message.queue_id)
+            await client.rset()
+            return
+        accepted: list[Claimed] = []
+        for row in message.rows:
+            try:
+                await client.rcpt(row.recipient, encoding=encoding)
+                accepted.append(row)
+            except aiosmtplib.SMTPResponseException as e:
+                if e.code == 421:
+                    raise
+                self._refused([row], e, mta, outcomes, message.queue_id)
+        if not accepted:
+            await client.rset()
+            return
+        try:
+            response = await client.data(message.content)
+        except aiosmtplib.SMTPResponseException as e:
+            if e.code == 421:
+                raise
+            self._refused(accepted, e, mta, outcomes, message.queue_id)
+            return
+        outcomes.done.extend(r.id for r in accepted)
+        log.info(
+            "relay id=%s from=<%s> to=%s relay=%s[%s]:%d status=sent (%d %s)",
+            message.queue_id,
+            message.sender,
+            ",".join(r.recipient for r in accepted),
+            hop.host,
+            hop.ip,
+            hop.port,
+            response.code,
+            one_line(response.message),
+        )
+
+    def _refused(
+        self,
+        rows: Sequence[Claimed],
+        error: aiosmtplib.SMTPResponseException,
+        mta: str,
+        outcomes: Outcomes,
+        queue_id: str,
+    ) -> None:
+        reply = f"{error.code} {one_line(error.message)}"
+        permanent = 500 <= error.code < 600
+        log.info(
+            "relay id=%s to=%s relay=%s status=%s (%s)",
+            queue_id,
+            ",".join(r.recipient for r in rows),
+            mta,
+            "bounced" if permanent else "deferred",
+            reply,
+        )
+        if permanent:
+            outcomes.permanent(rows, reply_status(error.code, error.message), f"smtp; {reply}", mta)
+        else:
+            outcomes.temporary(rows, f"{mta}: {reply}", mta)
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    async def _record(self, outcomes: Outcomes) -> None:
+        """Bounce what failed for good, then settle every row in one transaction."""
+        queue = self.config.queue
+        at = now()
+        retries: list[Retry] = []
+        failed = list(outcomes.failed)
+        for row, error, mta in outcomes.retry:
+            when = next_attempt(
+                attempts=row.attempts,
+                created_at=row.created_at,
+                at=at,
+                schedule=queue.retry_schedule,
+                max_age=queue.max_age,
+            )
+            if when is None:
+                failed.append(
+                    (
+                        row,
+                        "4.4.7",
+                        f"x-tidings; gave up after {row.attempts} "
+                        f"attempts over {queue.max_age:.0f}s: {error}",
+                        mta,
+                    )
+                )
+            else:
+                retries.append(Retry(row.id, when, error, mta))
+        done = list(outcomes.done)
+        if failed:
+            done.extend(await self._bounce(failed))
+        finish = functools.partial(queue_store.finish, token=self.token, done=done, retries=retries)
+        await self.store.run_write(finish)
+
+    async def _bounce(self, failed: list[tuple[Claimed, str, str | None, str | None]]) -> list[int]:
+        """Deliver one DSN per failed message; returns the rows it covers."""
+        by_message: defaultdict[str, list[tuple[Claimed, str, str | None, str | None]]] = (
+            defaultdict(list)
+        )
+        for entry in failed:
+            by_message[entry[0].queue_id].append(entry)
+        settled: list[int] = []
+        contents = await self.store.run_read(
+            functools.partial(queue_store.blob_contents, blob_ids=[e[0].blob_id for e in failed])
+        )
+        for queue_id, entries in by_message.items():
+            first = entries[0][0]
+            if await self._deliver_dsn(queue_id, first, entries, contents[first.blob_id]):
+                settled.extend(e[0].id for e in entries)
+        return settled
+
+    async def _deliver_dsn(
+        self,
+        queue_id: str,
+        first: Claimed,
+        entries: list[tuple[Claimed, str, str | None, str | None]],
+        original: bytes,
+    ) -> bool:
+        """True once the DSN is committed (or none is due); False to try again later."""
+        recipients = ", ".join(e[0].recipient for e in entries)
+        if not first.sender:
+            # RFC 5321 §3.6.3 and §4.5.5: a bounce is never bounced.
+            log.info("relay id=%s to=%s status=bounced; null sender, no DSN", queue_id, recipients)
+            return True
+        dsn = build_dsn(
+            reporting_mta=self.hostname,
+            sender=first.sender,
+            recipients=[
+                FailedRecipient(
+                    address=row.recipient,
+                    status=status,
+                    diagnostic=diagnostic,
+                    remote_mta=mta,
+                    last_attempt=now(),
+                )
+                for row, status, diagnostic, mta in entries
+            ],
+            original=original,
+            arrival=first.created_at,
+            queue_id=queue_id,
+        )
+        try:
+            address = parse_mailbox(first.sender)
+        except AddressError:
+            log.warning("relay id=%s: sender <%s> cannot take a DSN", queue_id, first.sender)
+            return True
+        local: tuple[LocalTarget, ...] = ()
+        remote: tuple[str, ...] = ()
+        try:
+            resolution = await self.delivery.resolve_recipient(address)
+            local, remote = resolution.local, resolution.remote
+        except RelayDenied:
+            remote = (first.sender,)
+        except RecipientError as e:
+            log.warning("relay id=%s: DSN to <%s> dropped: %s", queue_id, first.sender, e.reply)
+            return True
+        bounce_id = new_message_id()
+        try:
+            await self.delivery.deliver(
+                Delivery(id=bounce_id, sender="", content=dsn, local=local, remote=remote)
+            )
+        except (RecipientError, StoreError) as e:
+            log.error("relay id=%s: DSN to <%s> not stored: %s", queue_id, first.sender, e)
+            return False
+        log.info(
+            "relay id=%s to=%s status=bounced; DSN %s to <%s>",
+            queue_id,
+            recipients,
+            bounce_id,
+            first.sender,
+        )
+        return True
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return one_line(text)
