@@ -437,3 +437,44 @@ def test_peer_verifies_our_dkim_signatures(
     # Anything changed on the way breaks them.
     tampered = content.replace(b"Hello number 1.", b"Hello number 2.")
     assert not dkim.verify(tampered, dnsfunc=lookup)
+
+
+async def test_a_bounce_that_fails_is_not_bounced(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    """A message from <> (itself a bounce) forwarded to a host that refuses it is dropped with
+    a log line: no DSN to anyone, no loop."""
+    with SMTPPeer(reject=["far@direct.test"]) as peer:
+        server = relay_server(tmp_path, db_url, dns_server, peer.port)
+        await add_alias(db_url, "fwd@example.org", "far@direct.test")
+        time.sleep(0.6)
+        try:
+            with smtplib.SMTP(*server.smtp) as client:
+                client.sendmail("", ["fwd@example.org"], message(4))
+            wait_for(lambda: "null sender, no DSN" in server.log(), what="the bounce dropped")
+            wait_for(lambda: queue_json(server.config) == [], what="queue empty")
+        finally:
+            server.stop()
+    assert peer.messages == []
+    assert await stored_messages(db_url, ALICE) == []
+
+
+def test_smarthost_takes_everything(tmp_path: Path, db_url: str, dns_server: DNSTestServer) -> None:
+    """With relay.smarthost, no MX is looked up: even a domain without DNS goes there."""
+    with SMTPPeer() as smarthost:
+        run(add_users(db_url, ALICE))
+        config = write_config(
+            tmp_path,
+            db_url,
+            dns={"nameservers": [dns_server.address], "timeout": 1.0},
+            relay={"smarthost": f"127.0.0.1:{smarthost.port}"},
+        )
+        server = TidingsServer(config).start()
+        try:
+            submit(
+                server, ["who@no-such-domain.invalid"], [message(5, "who@no-such-domain.invalid")]
+            )
+            [received] = smarthost.wait_for_sync(1, timeout=20)
+        finally:
+            server.stop()
+    assert received.recipients == ("who@no-such-domain.invalid",)
