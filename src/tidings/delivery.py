@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import random
 import secrets
 import time
 from collections import Counter, defaultdict
@@ -132,11 +133,13 @@ def combine(resolutions: list[Resolution]) -> tuple[tuple[LocalTarget, ...], tup
 
 
 _ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXZ"
+# Ids need to be unique, not secret: a seeded generator costs no system call per message.
+_random = random.Random(secrets.randbits(64))
 
 
 def new_message_id() -> str:
     """A short, unique, sortable-ish id for logs and replies (time + randomness)."""
-    n = int(time.time() * 1000) << 24 | secrets.randbits(24)
+    n = int(time.time() * 1000) << 24 | _random.getrandbits(24)
     out = []
     while n:
         n, r = divmod(n, len(_ID_ALPHABET))

@@ -192,3 +192,24 @@ def test_config_names_the_listeners(tmp_path: Path, db_url: str) -> None:
         assert "submission" in server.addresses and "submissions" not in server.addresses
     finally:
         server.stop()
+
+
+def test_header_from_must_be_one_field_of_owned_addresses(
+    submission_server: TidingsServer,
+) -> None:
+    with logged_in(submission_server) as client:
+        two_froms = b"From: alice@example.org\r\n" + message(ALICE)
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(ALICE, [BOB], two_froms)
+        assert (refused.value.smtp_code, refused.value.smtp_error[:5]) == (550, b"5.6.0")
+        mixed = message(ALICE).replace(
+            f"From: Sender <{ALICE}>".encode(),
+            f"From: Sender <{ALICE}>, Boss <{BOB}>".encode(),
+        )
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(ALICE, [BOB], mixed)
+        assert refused.value.smtp_code == 553
+        folded = message(ALICE).replace(
+            f"From: Sender <{ALICE}>".encode(), f"From: Sender\r\n <{ALICE}>".encode()
+        )
+        assert client.sendmail(ALICE, [BOB], folded) == {}

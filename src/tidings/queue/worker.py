@@ -60,6 +60,10 @@ MAX_RCPTS = 100
 # Longest sleep between looks at the queue: other processes sharing a PostgreSQL store add
 # rows without waking this one.
 POLL_SECONDS = 1.0
+# After a wake-up, wait this long for more mail, so that one claim takes a batch, not a message.
+GATHER_SECONDS = 0.02
+# A connection no batch has used for this long is closed.
+IDLE_SECONDS = 5.0
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -167,11 +171,17 @@ class QueueRunner:
         self._jobs: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # Open connections kept between batches, per host, with the time each fell idle.
+        self._idle: dict[Hop, list[tuple[aiosmtplib.SMTP, float]]] = {}
+        # Outcomes waiting for the next commit (see _settle).
+        self._unsettled: list[tuple[list[int], list[Retry], asyncio.Future[None]]] = []
+        self._settler: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(), name="queue-runner"),
             asyncio.create_task(self._renew_leases(), name="queue-leases"),
+            asyncio.create_task(self._close_idle_connections(), name="queue-idle"),
         ]
 
     def wake(self) -> None:
@@ -187,6 +197,12 @@ class QueueRunner:
         for task in [*self._tasks, *self._jobs]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._jobs, return_exceptions=True)
+        await self._close_idle(0.0)
+
+    async def _close_idle_connections(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SECONDS / 2)
+            await self._close_idle(IDLE_SECONDS)
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -206,6 +222,7 @@ class QueueRunner:
             timeout = await self._sleep_time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+                await asyncio.sleep(GATHER_SECONDS)
 
     async def _sleep_time(self) -> float:
         try:
@@ -377,30 +394,38 @@ class QueueRunner:
             last_mta: str | None = None
             for hop in hops:
                 if not pending:
-                    return
-                try:
-                    client = await self._connect(hop)
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-                    last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
-                    log.info("queue: cannot use %s[%s]:%d: %s", hop.host, hop.ip, hop.port, e)
-                    continue
-                try:
-                    while pending:
-                        # Outcomes count once the transaction ended; a connection lost in it
-                        # leaves the whole message to the next host.
-                        result = Outcomes()
-                        await self._send_one(client, hop, pending[0], result)
-                        outcomes.merge(result)
-                        pending.pop(0)
-                except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-                    # The connection broke in the middle: the message it was carrying and the
-                    # rest go to the next host.
-                    last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
-                    log.info("queue: lost %s[%s]: %s", hop.host, hop.ip, e)
-                finally:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(client.quit(), 5)
-                    client.close()
+                    break
+                client = self._idle_connection(hop)
+                while pending:
+                    reused = client is not None
+                    if client is None:
+                        try:
+                            client = await self._connect(hop)
+                        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                            last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
+                            log.info(
+                                "queue: cannot use %s[%s]:%d: %s", hop.host, hop.ip, hop.port, e
+                            )
+                            break
+                    try:
+                        while pending:
+                            # Outcomes count once the transaction ended; a connection lost in
+                            # it leaves the whole message to try again.
+                            result = Outcomes()
+                            await self._send_one(client, hop, pending[0], result)
+                            outcomes.merge(result)
+                            pending.pop(0)
+                    except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                        client.close()
+                        client = None
+                        if reused:
+                            continue  # a kept connection the host had closed: once more, fresh
+                        # The connection broke: this message and the rest go to the next host.
+                        last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
+                        log.info("queue: lost %s[%s]: %s", hop.host, hop.ip, e)
+                        break
+                if client is not None:
+                    await self._keep_connection(hop, client)
             for message in pending:
                 log.info(
                     "relay id=%s to=%s status=deferred (%s)",
@@ -409,6 +434,36 @@ class QueueRunner:
                     last_error,
                 )
                 outcomes.temporary(message.rows, last_error, last_mta)
+
+    def _idle_connection(self, hop: Hop) -> aiosmtplib.SMTP | None:
+        """A connection to ``hop`` left open by an earlier batch, if one is still open."""
+        idle = self._idle.get(hop)
+        while idle:
+            client, _since = idle.pop()
+            if client.is_connected:
+                return client
+            client.close()
+        return None
+
+    async def _keep_connection(self, hop: Hop, client: aiosmtplib.SMTP) -> None:
+        """Keep a connection for the next batch to the same host (closed after IDLE_SECONDS)."""
+        idle = self._idle.setdefault(hop, [])
+        if self._stopping or len(idle) >= self.config.queue.connections_per_domain:
+            await _quit(client)
+            return
+        idle.append((client, asyncio.get_running_loop().time()))
+
+    async def _close_idle(self, older_than: float) -> None:
+        now_ = asyncio.get_running_loop().time()
+        for hop, idle in list(self._idle.items()):
+            keep = [(c, since) for c, since in idle if now_ - since < older_than]
+            for client, since in idle:
+                if now_ - since >= older_than:
+                    await _quit(client)
+            if keep:
+                self._idle[hop] = keep
+            else:
+                del self._idle[hop]
 
     async def _connect(self, hop: Hop) -> aiosmtplib.SMTP:
         relay = self.config.relay
@@ -573,8 +628,35 @@ class QueueRunner:
         done = list(outcomes.done)
         if failed:
             done.extend(await self._bounce(failed))
-        finish = functools.partial(queue_store.finish, token=self.token, done=done, retries=retries)
-        await self.store.run_write(finish)
+        await self._settle(done, retries)
+
+    async def _settle(self, done: list[int], retries: list[Retry]) -> None:
+        """Record outcomes; batches finishing together share one commit."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsettled.append((done, retries, future))
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle_pending())
+        await asyncio.shield(future)
+
+    async def _settle_pending(self) -> None:
+        while self._unsettled:
+            batch, self._unsettled = self._unsettled, []
+            finish = functools.partial(
+                queue_store.finish,
+                token=self.token,
+                done=[i for done, _, _ in batch for i in done],
+                retries=[r for _, retries, _ in batch for r in retries],
+            )
+            try:
+                await self.store.run_write(finish)
+            except Exception as e:  # every waiter hears of it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_result(None)
 
     async def _bounce(self, failed: list[tuple[Claimed, str, str | None, str | None]]) -> list[int]:
         """Deliver one DSN per failed message; returns the rows it covers."""
@@ -654,6 +736,12 @@ class QueueRunner:
             first.sender,
         )
         return True
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.quit(), 5)
+    client.close()
 
 
 def _describe(error: BaseException) -> str:

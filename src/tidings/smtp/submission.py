@@ -15,8 +15,6 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import formatdate, getaddresses
 from typing import Any
 
@@ -45,6 +43,7 @@ from tidings.delivery import (
     combine,
     new_message_id,
 )
+from tidings.mailauth.results import header_fields
 from tidings.mailauth.signing import SigningError, SigningKey, sign_message
 from tidings.smtp.inbound import received_header
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
@@ -322,12 +321,14 @@ class SubmissionHandler:
         self, server: SubmissionSMTP, head: bytes, message_id: str
     ) -> tuple[str | None, str | None, bytes]:
         """(refusal, the From domain, header fields to prepend) for a message's header."""
-        header = BytesHeaderParser(policy=compat32).parsebytes(head)
-        froms = header.get_all("From") or []
+        fields = header_fields(head)[0]
+        names = {f.name.lower() for f in fields}
+        froms = [f for f in fields if f.name.lower() == b"from"]
         if len(froms) != 1:
             # RFC 5322 §3.6: exactly one From field.
             return "550 5.6.0 The message needs exactly one From header field", None, b""
-        addresses = [a for _, a in getaddresses([str(froms[0])]) if a]
+        from_value = froms[0].value.decode("utf-8", "replace")
+        addresses = [a for _, a in getaddresses([from_value]) if a]
         if not addresses:
             return "550 5.6.0 The From header field holds no address", None, b""
         for address in addresses:
@@ -335,9 +336,9 @@ class SubmissionHandler:
                 log.info("submission: %s may not send as From %s", server.user, address)
                 return NOT_YOURS.format(address), None, b""
         added = b""
-        if header.get("Date") is None:
+        if b"date" not in names:
             added += f"Date: {formatdate(localtime=False, usegmt=True)}\r\n".encode()
-        if header.get("Message-ID") is None:
+        if b"message-id" not in names:
             host = self.config.server.hostname
             added += f"Message-ID: <{message_id}.{new_message_id()}@{host}>\r\n".encode()
         return None, addresses[0].rpartition("@")[2].lower(), added
