@@ -99,6 +99,7 @@ class SMTPPeer:
         starttls: bool = False,
         require_starttls: bool = False,
         smtputf8: bool = True,
+        pipelining: bool = False,
         max_size: int | None = DEFAULT_MAX_SIZE,
         mail_replies: Iterable[str | None] = (),
         rcpt_replies: Iterable[str | None] = (),
@@ -112,6 +113,7 @@ class SMTPPeer:
         self.starttls = starttls or require_starttls
         self.require_starttls = require_starttls
         self.smtputf8 = smtputf8
+        self.pipelining = pipelining
         self.max_size = max_size
         self.on_connect = on_connect
         self.scripts = {
@@ -345,6 +347,21 @@ class SMTPPeer:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return reply or "250 2.1.5 OK"
+
+    async def handle_EHLO(
+        self,
+        server: _PeerSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd reads commands line by line, so it can take pipelined ones (RFC 2920);
+        with ``pipelining`` it says so."""
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: _PeerSMTP, session: Session, envelope: Envelope) -> str:
         reply = self._scripted("DATA") or f"250 2.0.0 OK: queued as {len(self.transactions)}"

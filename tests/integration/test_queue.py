@@ -182,7 +182,7 @@ def test_temporary_failures_are_retried_until_delivered(
     tmp_path: Path, db_url: str, dns_server: DNSTestServer
 ) -> None:
     replies = ["451 4.3.0 try again later", "452 4.3.1 out of space"]
-    with SMTPPeer(data_replies=replies) as peer:
+    with SMTPPeer(data_replies=replies, pipelining=True) as peer:
         server = relay_server(tmp_path, db_url, dns_server, peer.port)
         try:
             submit(server, ["bob@direct.test"], [message()])
@@ -196,7 +196,7 @@ def test_temporary_failures_are_retried_until_delivered(
 async def test_permanent_failure_bounces_to_the_sender(
     tmp_path: Path, db_url: str, dns_server: DNSTestServer
 ) -> None:
-    with SMTPPeer(reject=["gone@direct.test"]) as peer:
+    with SMTPPeer(reject=["gone@direct.test"], pipelining=True) as peer:
         server = relay_server(tmp_path, db_url, dns_server, peer.port)
         try:
             submit(server, ["gone@direct.test", "here@direct.test"], [message(7)])

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import aiosmtplib
 from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.address import AddressError, parse_mailbox
@@ -44,6 +43,7 @@ from tidings.delivery import (
 )
 from tidings.dns import DNSError, DNSTempError, NXDomain, Resolver
 from tidings.queue import store as queue_store
+from tidings.queue.client import ConnectionFailed, Reply, SMTPClient
 from tidings.queue.dsn import FailedRecipient, build_dsn
 from tidings.queue.schedule import next_attempt
 from tidings.queue.store import Claimed, Retry
@@ -172,7 +172,7 @@ class QueueRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         # Open connections kept between batches, per host, with the time each fell idle.
-        self._idle: dict[Hop, list[tuple[aiosmtplib.SMTP, float]]] = {}
+        self._idle: dict[Hop, list[tuple[SMTPClient, float]]] = {}
         # Outcomes waiting for the next commit (see _settle).
         self._unsettled: list[tuple[list[int], list[Retry], asyncio.Future[None]]] = []
         self._settler: asyncio.Task[None] | None = None
@@ -401,7 +401,7 @@ class QueueRunner:
                     if client is None:
                         try:
                             client = await self._connect(hop)
-                        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                        except (ConnectionFailed, OSError) as e:
                             last_error, last_mta = f"{hop.host}[{hop.ip}]: {_describe(e)}", hop.host
                             log.info(
                                 "queue: cannot use %s[%s]:%d: %s", hop.host, hop.ip, hop.port, e
@@ -415,7 +415,7 @@ class QueueRunner:
                             await self._send_one(client, hop, pending[0], result)
                             outcomes.merge(result)
                             pending.pop(0)
-                    except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                    except (ConnectionFailed, OSError) as e:
                         client.close()
                         client = None
                         if reused:
@@ -435,17 +435,17 @@ class QueueRunner:
                 )
                 outcomes.temporary(message.rows, last_error, last_mta)
 
-    def _idle_connection(self, hop: Hop) -> aiosmtplib.SMTP | None:
+    def _idle_connection(self, hop: Hop) -> SMTPClient | None:
         """A connection to ``hop`` left open by an earlier batch, if one is still open."""
         idle = self._idle.get(hop)
         while idle:
             client, _since = idle.pop()
-            if client.is_connected:
+            if client.is_open:
                 return client
             client.close()
         return None
 
-    async def _keep_connection(self, hop: Hop, client: aiosmtplib.SMTP) -> None:
+    async def _keep_connection(self, hop: Hop, client: SMTPClient) -> None:
         """Keep a connection for the next batch to the same host (closed after IDLE_SECONDS)."""
         idle = self._idle.setdefault(hop, [])
         if self._stopping or len(idle) >= self.config.queue.connections_per_domain:
@@ -465,137 +465,121 @@ class QueueRunner:
             else:
                 del self._idle[hop]
 
-    async def _connect(self, hop: Hop) -> aiosmtplib.SMTP:
+    async def _connect(self, hop: Hop) -> SMTPClient:
         relay = self.config.relay
         smarthost = bool(relay.smarthost)
         implicit = smarthost and hop.port == 465
         # A password goes only to a smarthost whose certificate checks out.
         tls = self.verified_tls if smarthost and relay.smarthost_username else self.tls
-        client = aiosmtplib.SMTP(
-            hostname=hop.ip,
-            port=hop.port,
-            local_hostname=self.hostname,
-            timeout=relay.timeout,
-            use_tls=implicit,
-            start_tls=False,
-            tls_context=tls,
-        )
-        await client.connect()
-        secure = implicit
+
+        async def connect(with_tls: bool) -> SMTPClient:
+            return await SMTPClient.connect(
+                hop.ip,
+                hop.port,
+                local_hostname=self.hostname,
+                command_timeout=relay.timeout,
+                tls=tls if with_tls else None,
+                server_hostname=hop.host,
+            )
+
+        client = await connect(implicit)
         try:
-            await client.ehlo()
-            if not implicit and client.supports_extension("starttls"):
+            if not implicit and client.supports("STARTTLS"):
                 try:
-                    await client.starttls(server_hostname=hop.host, tls_context=tls)
-                    secure = True
-                except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as e:
+                    await client.starttls(tls, hop.host, self.hostname)
+                except ConnectionFailed as e:
                     if smarthost and relay.smarthost_username:
                         raise
                     # RFC 7435 §3: opportunistic TLS that fails falls back to clear text.
                     log.info("queue: STARTTLS with %s failed (%s); retrying without", hop.host, e)
                     client.close()
-                    client = aiosmtplib.SMTP(
-                        hostname=hop.ip,
-                        port=hop.port,
-                        local_hostname=self.hostname,
-                        timeout=relay.timeout,
-                        start_tls=False,
-                    )
-                    await client.connect()
-                    await client.ehlo()
+                    client = await connect(False)
             if smarthost and relay.smarthost_username:
-                if not secure:
-                    raise aiosmtplib.SMTPException(
+                if not client.tls:
+                    raise ConnectionFailed(
                         "the smarthost offers no TLS; not sending the password in clear text"
                     )
-                await client.login(relay.smarthost_username, relay.smarthost_password)
+                reply = await client.login(relay.smarthost_username, relay.smarthost_password)
+                if reply.code != 235:
+                    raise ConnectionFailed(f"smarthost AUTH: {reply.text}")
         except BaseException:
             client.close()
             raise
         return client
 
     async def _send_one(
-        self, client: aiosmtplib.SMTP, hop: Hop, message: Outgoing, outcomes: Outcomes
+        self, client: SMTPClient, hop: Hop, message: Outgoing, outcomes: Outcomes
     ) -> None:
         """One SMTP transaction; replies become outcomes, a broken connection raises."""
         options: list[str] = []
-        if client.supports_extension("size"):
+        if client.supports("SIZE"):
             options.append(f"SIZE={len(message.content)}")
-        if client.supports_extension("8bitmime") and not message.content.isascii():
+        if client.supports("8BITMIME") and not message.content.isascii():
             options.append("BODY=8BITMIME")
         addresses = [message.sender, *(r.recipient for r in message.rows)]
-        encoding = "ascii"
         if not all(a.isascii() for a in addresses):
-            if not client.supports_extension("smtputf8"):
+            if not client.supports("SMTPUTF8"):
                 outcomes.permanent(
                     message.rows, "5.6.7", f"smtp; {hop.host} does not support SMTPUTF8", hop.host
                 )
                 return
             options.append("SMTPUTF8")
-            encoding = "utf-8"
         mta = hop.host
-        try:
-            await client.mail(message.sender, options=options, encoding=encoding)
-        except aiosmtplib.SMTPResponseException as e:
-            if e.code == 421:  # RFC 5321 §3.8: the host is closing; try the next one
-                raise
-            self._refused(message.rows, e, mta, outcomes, message.queue_id)
+        tx = await client.send(
+            message.sender, [r.recipient for r in message.rows], message.content, options
+        )
+        if not tx.mail.ok:
+            self._refused(message.rows, tx.mail, mta, outcomes, message.queue_id)
             await client.rset()
             return
         accepted: list[Claimed] = []
-        for row in message.rows:
-            try:
-                await client.rcpt(row.recipient, encoding=encoding)
+        for row, reply in zip(message.rows, tx.rcpts, strict=True):
+            if reply.ok:
                 accepted.append(row)
-            except aiosmtplib.SMTPResponseException as e:
-                if e.code == 421:
-                    raise
-                self._refused([row], e, mta, outcomes, message.queue_id)
-        if not accepted:
+            else:
+                self._refused([row], reply, mta, outcomes, message.queue_id)
+        if not accepted or tx.data is None:
             await client.rset()
             return
-        try:
-            response = await client.data(message.content)
-        except aiosmtplib.SMTPResponseException as e:
-            if e.code == 421:
-                raise
-            self._refused(accepted, e, mta, outcomes, message.queue_id)
+        if not tx.data.ok:
+            self._refused(accepted, tx.data, mta, outcomes, message.queue_id)
+            await client.rset()
             return
         outcomes.done.extend(r.id for r in accepted)
         log.info(
-            "relay id=%s from=<%s> to=%s relay=%s[%s]:%d status=sent (%d %s)",
+            "relay id=%s from=<%s> to=%s relay=%s[%s]:%d status=sent (%s)",
             message.queue_id,
             message.sender,
             ",".join(r.recipient for r in accepted),
             hop.host,
             hop.ip,
             hop.port,
-            response.code,
-            one_line(response.message),
+            one_line(tx.data.text),
         )
 
     def _refused(
         self,
         rows: Sequence[Claimed],
-        error: aiosmtplib.SMTPResponseException,
+        reply: Reply,
         mta: str,
         outcomes: Outcomes,
         queue_id: str,
     ) -> None:
-        reply = f"{error.code} {one_line(error.message)}"
-        permanent = 500 <= error.code < 600
+        text = one_line(reply.text)
+        permanent = 500 <= reply.code < 600
         log.info(
             "relay id=%s to=%s relay=%s status=%s (%s)",
             queue_id,
             ",".join(r.recipient for r in rows),
             mta,
             "bounced" if permanent else "deferred",
-            reply,
+            text,
         )
         if permanent:
-            outcomes.permanent(rows, reply_status(error.code, error.message), f"smtp; {reply}", mta)
+            status = reply_status(reply.code, text.partition(" ")[2])
+            outcomes.permanent(rows, status, f"smtp; {text}", mta)
         else:
-            outcomes.temporary(rows, f"{mta}: {reply}", mta)
+            outcomes.temporary(rows, f"{mta}: {text}", mta)
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -738,7 +722,7 @@ class QueueRunner:
         return True
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
+async def _quit(client: SMTPClient) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(client.quit(), 5)
     client.close()
