@@ -50,6 +50,17 @@ def run_sink(port_file: Path, out_file: Path, expected: int) -> None:
     done = asyncio.Event()
 
     class Handler:
+        async def handle_EHLO(
+            self,
+            server: object,
+            session: object,
+            envelope: object,
+            hostname: str,
+            responses: list[str],
+        ) -> list[str]:
+            session.host_name = hostname  # type: ignore[attr-defined]
+            return [responses[0], "250-PIPELINING", *responses[1:]]  # as any MTA today
+
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             m = SUBJECT.search(envelope.content)  # type: ignore[attr-defined]
             if m:
