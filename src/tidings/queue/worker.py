@@ -219,7 +219,8 @@ class QueueRunner:
             if claimed:
                 self._dispatch(claimed)
                 continue
-            timeout = await self._sleep_time()
+            # Full: the next wake-up is a batch finishing. Otherwise sleep until mail is due.
+            timeout = POLL_SECONDS if room <= 0 else await self._sleep_time()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
                 await asyncio.sleep(GATHER_SECONDS)
