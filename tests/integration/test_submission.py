@@ -12,6 +12,7 @@ import email
 import email.policy
 import smtplib
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,3 +214,18 @@ def test_header_from_must_be_one_field_of_owned_addresses(
             f"From: Sender <{ALICE}>".encode(), f"From: Sender\r\n <{ALICE}>".encode()
         )
         assert client.sendmail(ALICE, [BOB], folded) == {}
+
+
+async def test_swaks_submits_over_starttls(submission_server: TidingsServer, db_url: str) -> None:
+    """swaks (Debian's package), as an administrator would test a new server."""
+    host, port = submission_server.addresses["submission"]
+    result = subprocess.run(
+        ["swaks", "--server", f"{host}:{port}", "--tls", "--auth", "PLAIN",
+         "--auth-user", ALICE, "--auth-password", "secret",
+         "--from", ALICE, "--to", BOB, "--header", "Subject: from swaks"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "235 2.7.0" in result.stdout and "250 2.0.0 Ok: queued as" in result.stdout
+    [stored] = await stored_messages(db_url, BOB)
+    assert b"Subject: from swaks" in stored
