@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.address import Address, normalize_domain
 from tidings.config import DeliveryConfig
+from tidings.mime import analyze
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError, describe_db_error
 from tidings.store.filing import (
@@ -325,23 +326,68 @@ class MailDelivery:
                     callback()
 
     async def _commit(self, deliveries: list[Delivery]) -> list[Exception | None]:
-        return await self.store.run_write(functools.partial(store_deliveries, deliveries))
+        structures = await _analyses(deliveries)
+        return await self.store.run_write(
+            functools.partial(store_deliveries, deliveries, structures=structures)
+        )
 
 
-def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Exception | None]:
+async def _analyses(deliveries: list[Delivery]) -> list[str | None]:
+    """Per delivery, its IMAP analysis as stored (``MessageInfo.to_json()``), or None.
+
+    Only messages with local copies need one (a queue-only message is never read by IMAP).
+    The batch is analysed in one thread hand-over, off the event loop and before the write
+    transaction, so neither the loop nor the database lock waits on MIME parsing.
+    """
+    wanted = [d.content for d in deliveries if d.local]
+    if not wanted:
+        return [None] * len(deliveries)
+    try:
+        found = iter(await asyncio.to_thread(_analyse_all, wanted))
+    except Exception as e:  # no thread to run it (shutting down): deliver all the same
+        log.warning("message analysis not run (%s); IMAP will analyse on first use", e)
+        return [None] * len(deliveries)
+    return [next(found) if d.local else None for d in deliveries]
+
+
+def _analyse_all(contents: list[bytes]) -> list[str | None]:
+    """``analyze(c).to_json()`` of each content; None (and a warning) where it fails."""
+    out: list[str | None] = []
+    for content in contents:
+        try:
+            out.append(analyze(content).to_json())
+        except Exception:  # analyze should not raise; if it does, the message still goes in
+            log.warning(
+                "MIME analysis of a %d-byte message failed; stored without it",
+                len(content),
+                exc_info=True,
+            )
+            out.append(None)
+    return out
+
+
+def store_deliveries(
+    deliveries: list[Delivery],
+    conn: Connection,
+    structures: list[str | None] | None = None,
+) -> list[Exception | None]:
     """Store ``deliveries`` in the caller's transaction; per delivery, None or its refusal.
 
     A delivery that would take an account over its quota is refused whole (RFC 3463 4.2.2);
-    the others go on. Each accepted message is one blob, one row per target mailbox with the
-    next UIDs, and one queue row per remote recipient.
+    the others go on. Each accepted message is one blob (with its IMAP analysis from
+    ``structures``, one per delivery in order, None where there is none), one row per target
+    mailbox with the next UIDs, and one queue row per remote recipient.
     """
     at = now()
     outcomes: list[Exception | None] = [None] * len(deliveries)
-    deliveries = _quarantined(conn, deliveries)
+    if structures is None:
+        structures = [None] * len(deliveries)
+    deliveries = _quarantined(conn, deliveries)  # same order: structures[i] is still d's
     usage = account_usage(conn, (t.account_id for d in deliveries for t in d.local))
     used = {aid: u.used_bytes for aid, u in usage.items()}
     added: Counter[int] = Counter()
     accepted: list[Delivery] = []
+    accepted_structures: list[str | None] = []
     for i, d in enumerate(deliveries):
         per_account = Counter(t.account_id for t in d.local)
         full = [
@@ -357,7 +403,8 @@ def store_deliveries(deliveries: list[Delivery], conn: Connection) -> list[Excep
             used[aid] += copies * len(d.content)
             added[aid] += copies * len(d.content)
         accepted.append(d)
-    blob_ids = store_blobs(conn, [d.content for d in accepted], at)
+        accepted_structures.append(structures[i])
+    blob_ids = store_blobs(conn, [d.content for d in accepted], at, accepted_structures)
     uids = allocate_uids(conn, Counter(t.mailbox_id for d in accepted for t in d.local))
     offset: defaultdict[int, int] = defaultdict(int)
     rows: list[dict[str, object]] = []

@@ -101,6 +101,9 @@ class Blob(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # What IMAP needs of the bytes (tidings.mime.MessageInfo.to_json()), computed at delivery;
+    # NULL when not computed yet (older rows, queue-only messages): see filing.blob_structure.
+    structure: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Message(Base):
