@@ -333,6 +333,49 @@ async def test_verification_does_not_block_the_event_loop(resolver: Resolver, ke
     assert longest_gap < max(0.05, elapsed / 3), (longest_gap, elapsed)
 
 
+async def test_judge_does_small_messages_on_the_loop(
+    resolver: Resolver, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message of a few KB costs less to check than a hand-over to a thread: none is made."""
+    from tidings.mailauth import verdict
+
+    async def no_thread(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a small message went to a thread")
+
+    monkeypatch.setattr(verdict.asyncio, "to_thread", no_thread)
+    signed = sign(MESSAGE + b"x" * 5000 + b"\r\n", "rsa", "example.com", keys.rsa_pem)
+    result = await verdict.judge(
+        resolver, signed, spf(SPF.NONE, "example.com"), authserv_id="mx.tidings.test"
+    )
+    assert b"dkim=pass" in result.header and b"dmarc=pass" in result.header
+
+
+async def test_judge_does_not_block_the_loop_on_a_big_message(
+    resolver: Resolver, keys: Keys
+) -> None:
+    from tidings.mailauth import verdict
+
+    big = MESSAGE + (b"y  " * 332 + b"\r\n") * 4000  # ~4 MB, every line with WSP runs
+    signed = sign(big, "rsa", "example.com", keys.rsa_pem, canon=(b"relaxed", b"relaxed"))
+    stamps: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            stamps.append(time.monotonic())
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    result = await verdict.judge(
+        resolver, signed, spf(SPF.NONE, "example.com"), authserv_id="mx.tidings.test"
+    )
+    elapsed = time.monotonic() - started
+    task.cancel()
+    assert b"dkim=pass" in result.header
+    longest_gap = max(b - a for a, b in itertools.pairwise(stamps))
+    assert longest_gap < max(0.05, elapsed / 3), (longest_gap, elapsed)
+
+
 # -- DMARC --------------------------------------------------------------------------------------
 
 

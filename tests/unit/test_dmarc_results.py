@@ -15,6 +15,7 @@ from tidings.mailauth.dmarc import DMARCResult, Policy, Result, parse_record
 from tidings.mailauth.results import (
     authentication_results,
     authserv_id_of,
+    fields_named,
     header_fields,
     split_header,
     strip_authentication_results,
@@ -109,7 +110,7 @@ _ID_SPELLINGS = st.sampled_from(
 )  # fmt: skip
 _NAMES = st.sampled_from(
     ["Authentication-Results", "authentication-results", "AUTHENTICATION-RESULTS ",
-     "Subject", "From", "X-Authentication-Results", "Received"]
+     "Subject", "From", "X-Authentication-Results", "Received", "from \t", "FROM", "Fromage"]
 )  # fmt: skip
 _TEXT = st.text(alphabet=st.sampled_from(list('ab ;=()"\\\t\r\n:.@')), max_size=20)
 _LINE_END = st.sampled_from(["\r\n", "\n", "\r", "\r\n ", "\r\n\t", "\n "])
@@ -160,3 +161,49 @@ def test_stripping_arbitrary_bytes(block: bytes) -> None:
     out = strip_authentication_results(block, OURS)
     assert not _claims_ours(out)
     assert len(out) <= len(block)
+
+
+# -- the fast paths give what the general code gives ------------------------------------------
+
+
+def _split_header_by_regex(message: bytes) -> tuple[bytes, bytes]:
+    """split_header as first written: one regular expression."""
+    match = re.search(rb"(?:^|\n)(\r?\n)", message)
+    if match is None:
+        return message, b""
+    return message[: match.start(1)], message[match.start(1) :]
+
+
+_LINES = st.lists(st.sampled_from([b"A: 1", b"", b" x", b"\r", b"\n", b"\r\n", b"b"]), max_size=12)
+
+
+@given(st.binary(max_size=200) | header_blocks() | _LINES.map(b"".join))
+def test_split_header_is_the_regular_expression(message: bytes) -> None:
+    assert split_header(message) == _split_header_by_regex(message)
+
+
+@given(header_blocks(), st.sampled_from([b"", b"\r\n\r\nbody\r\n"]))
+def test_nothing_to_strip_is_returned_as_is(block: bytes, body: bytes) -> None:
+    message = block + body
+    header = split_header(message)[0]
+    if b"authentication-results" not in header.lower() and header[:1] not in (b" ", b"\t"):
+        assert strip_authentication_results(message, OURS) == message
+
+
+@given(
+    header_blocks() | st.binary(max_size=200),
+    st.sampled_from([b"from", b"subject", b"authentication-results"]),
+)
+def test_fields_named_is_header_fields_filtered(block: bytes, name: bytes) -> None:
+    expected = [f for f in header_fields(block)[0] if f.name.lower() == name]
+    assert fields_named(block, name) == expected
+    crlf = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    expected = [f for f in header_fields(crlf)[0] if f.name.lower() == name]
+    assert fields_named(crlf, name) == expected  # the CRLF-only fast path
+
+
+@given(header_blocks() | st.binary(max_size=200))
+def test_unfolded_values_are_the_regular_expression_s(block: bytes) -> None:
+    for field in header_fields(block)[0]:
+        _, _, value = field.raw.partition(b":")
+        assert field.value == re.sub(rb"\r?\n(?=[ \t])", b"", value).rstrip(b"\r\n")

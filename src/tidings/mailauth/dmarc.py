@@ -24,6 +24,7 @@ Choices where the RFC leaves room:
 from __future__ import annotations
 
 import enum
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -35,7 +36,7 @@ from publicsuffixlist import PublicSuffixList
 from tidings.dns import DNSTempError, NXDomain, Resolver
 from tidings.mailauth.dkim import DKIMResult
 from tidings.mailauth.dkim import Result as DKIMVerdict
-from tidings.mailauth.results import comment_text, header_fields, pvalue, split_header
+from tidings.mailauth.results import comment_text, fields_named, header_section, pvalue
 from tidings.mailauth.spf import Result as SPFVerdict
 from tidings.mailauth.spf import SPFResult
 
@@ -172,9 +173,11 @@ _psl: PublicSuffixList | None = None
 _DOMAIN = re.compile(r"[^\s@()<>\[\]:;\\,\"]+\.[^\s@()<>\[\]:;\\,\".]+\Z")
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """§3.2: the public suffix (per the Public Suffix List) plus one label; a name that is
-    itself a public suffix is its own organisational domain."""
+    itself a public suffix is its own organisational domain. Remembered: the list is loaded
+    once and never changes, and mail comes from the same domains again and again."""
     global _psl  # noqa: PLW0603 (loaded once, on first use)
     if _psl is None:
         _psl = PublicSuffixList()
@@ -201,14 +204,20 @@ def aligned(
 def from_domains(header: bytes) -> list[str]:
     """The distinct domains of the From field's addresses (RFC 5322 §3.6.2), of every From
     field, lower case, in order; addresses without a plausible domain are skipped."""
-    fields, _ = header_fields(header)
-    values = [f.value.decode("utf-8", "replace") for f in fields if f.name.lower() == b"from"]
+    values = [f.value.decode("utf-8", "replace") for f in fields_named(header, b"from")]
+    return list(_domains_of(tuple(values)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _domains_of(values: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`from_domains` of these From values; remembered, as senders send many messages
+    with the same From and parsing addresses costs more than the rest of DMARC."""
     domains: list[str] = []
-    for _, address in getaddresses(values):
+    for _, address in getaddresses(list(values)):
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
         if "@" in address and _DOMAIN.match(domain) and domain not in domains:
             domains.append(domain)
-    return domains
+    return tuple(domains)
 
 
 # -- policy discovery (§6.6.3) -------------------------------------------------------------------
@@ -250,10 +259,21 @@ async def find_policy(
         return PolicyLookup(None, "", Result.NONE, f"no DMARC record for {from_domain}")
     if len(records) > 1:
         return PolicyLookup(None, domain, Result.PERMERROR, f"{domain} has several DMARC records")
+    record = _parsed(records[0])
+    if isinstance(record, str):
+        return PolicyLookup(None, domain, Result.PERMERROR, f"{domain}: {record}")
+    return PolicyLookup(record, domain)
+
+
+@functools.lru_cache(maxsize=2048)
+def _parsed(text: str) -> DMARCRecord | str:
+    """:func:`parse_record`, remembered (a record is looked up for every message from its
+    domain, and the DNS cache hands back the same text until its TTL runs out); an unusable
+    record gives the reason."""
     try:
-        return PolicyLookup(parse_record(records[0]), domain)
+        return parse_record(text)
     except DMARCRecordError as e:
-        return PolicyLookup(None, domain, Result.PERMERROR, f"{domain}: {e}")
+        return str(e)
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -371,8 +391,7 @@ async def check_dmarc(
 ) -> DMARCResult:
     """DMARC for ``message`` (its header is enough) given its SPF (MAIL FROM) and DKIM
     results."""
-    header, _ = split_header(message)
-    domains = from_domains(header)
+    domains = from_domains(header_section(message))
     if not domains:
         return DMARCResult(Result.PERMERROR, "", comment="no From domain")
     results: list[DMARCResult] = []

@@ -9,6 +9,7 @@ small RFC 5322 header splitter both use (DMARC reads From with it too).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from tidings.mailauth.spf import SPFResult
 
 HEADER_NAME = b"Authentication-Results"
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
 FOLD_WIDTH = 78  # RFC 5322 §2.1.1: lines SHOULD be no more than 78 characters
 _WSP = b" \t"
 
@@ -35,24 +37,42 @@ class HeaderField:
     def value(self) -> bytes:
         """The unfolded value (RFC 5322 §2.2.3: a CRLF before WSP is removed)."""
         _, _, value = self.raw.partition(b":")
-        return re.sub(rb"\r?\n(?=[ \t])", b"", value).rstrip(b"\r\n")
+        value = value.rstrip(b"\r\n")
+        # Only an LF inside the value can start a continuation line.
+        return _FOLD.sub(b"", value) if b"\n" in value else value
 
 
 def split_header(message: bytes) -> tuple[bytes, bytes]:
     """The header section (through its last line ending) and the rest (the blank line and
     body), split at the first empty line (RFC 5322 §2.1). A message with no empty line is all
     header."""
-    match = re.search(rb"(?:^|\n)(\r?\n)", message)
-    if match is None:
-        return message, b""
-    return message[: match.start(1)], message[match.start(1) :]
+    end = _header_end(message)
+    return message[:end], message[end:]
+
+
+def header_section(message: bytes) -> bytes:
+    """:func:`split_header`'s header section alone, without copying the body (which may be
+    megabytes, and this runs on the event loop)."""
+    return message[: _header_end(message)]
+
+
+def _header_end(message: bytes) -> int:
+    """Where :func:`split_header` splits: after the LF that precedes the first empty line."""
+    if message[:1] == b"\n" or message[:2] == b"\r\n":
+        return 0
+    # The first LF followed by CRLF or LF; string searches, not a regular expression, as this
+    # runs on every message (the LF LF search stops where the CRLF one succeeded).
+    crlf = message.find(b"\n\r\n")
+    lf = message.find(b"\n\n", 0, len(message) if crlf < 0 else crlf + 2)
+    end = crlf if lf < 0 else lf
+    return len(message) if end < 0 else end + 1
 
 
 def has_field(message: bytes, prefix: bytes) -> bool:
     """Whether the header section may hold a field whose name starts with ``prefix``
     (lower-case): a quick test, true for every message that has one (and for a few that do
     not), so that a message without saves a full parse."""
-    header = split_header(message)[0].lower()
+    header = header_section(message).lower()
     return header.startswith(prefix) or b"\n" + prefix in header
 
 
@@ -71,6 +91,37 @@ def header_fields(header: bytes) -> tuple[list[HeaderField], list[bytes]]:
         else:
             stray.extend(group)
     return fields, stray
+
+
+def fields_named(header: bytes, name: bytes) -> list[HeaderField]:
+    """The fields of :func:`header_fields` whose name is ``name`` (given in lower case).
+
+    When every line ends in CRLF (no lone CR or LF, as SMTP delivers a message) the fields
+    are found by searching for their name at line starts, without reading every line: a
+    received message's header is dozens of lines, and DMARC wants only From.
+    """
+    crlf = header.count(b"\r\n")
+    if header.count(b"\r") != crlf or header.count(b"\n") != crlf:
+        return [f for f in header_fields(header)[0] if f.name.lower() == name]
+    lowered = b"\r\n" + header.lower()  # a line start is a CRLF before it, or the start
+    found: list[HeaderField] = []
+    start = lowered.find(b"\r\n" + name)
+    while start >= 0:
+        end = _line_end(header, start)
+        colon = header.find(b":", start, end)
+        if colon >= 0 and header[start:colon].rstrip(_WSP).lower() == name:
+            while header[end : end + 1] in (b" ", b"\t"):  # continuation lines
+                end = _line_end(header, end)
+            found.append(_field([header[start:end]]))
+        start = lowered.find(b"\r\n" + name, start + 1)
+    return found
+
+
+def _line_end(header: bytes, start: int) -> int:
+    """The index after the CRLF that ends the line at ``start`` (the end of ``header`` if
+    none does)."""
+    end = header.find(b"\r\n", start)
+    return len(header) if end < 0 else end + 2
 
 
 def _starts_field(line: bytes) -> bool:
@@ -146,6 +197,8 @@ def strip_authentication_results(message: bytes, authserv_id: str) -> bytes:
     verdict. Everything else, the body included, is kept byte for byte.
     """
     header, rest = split_header(message)
+    if header[:1] not in (b" ", b"\t") and b"authentication-results" not in header.lower():
+        return message  # nothing to remove: most messages, and no copy of them
     kept: list[bytes] = []
     started = False
     for line_group in _line_groups(header):
@@ -201,8 +254,13 @@ def pvalue(text: str) -> str:
 
 def comment_text(text: str) -> str:
     """Text safe inside a comment: no parentheses, backslashes or control characters."""
+    if text.isprintable() and not _COMMENT_UNSAFE.search(text):
+        return " ".join(text.split())  # the usual case, without a look at every character
     safe = "".join(c if c.isprintable() and c not in "()\\" else " " for c in text)
     return " ".join(safe.split())
+
+
+_COMMENT_UNSAFE = re.compile(r"[()\\]")
 
 
 def _authserv_id_text(authserv_id: str) -> str:
@@ -240,9 +298,13 @@ def authentication_results(
     for n, resinfo in enumerate(resinfos):
         last = n == len(resinfos) - 1
         parts.append(_fold_resinfo(resinfo + ("" if last else ";")))
-    return ("\r\n".join(parts)).replace("\r\n", linesep.decode()).encode("utf-8") + linesep
+    text = "\r\n".join(parts)
+    if linesep != b"\r\n":
+        text = text.replace("\r\n", linesep.decode())
+    return text.encode("utf-8") + linesep
 
 
+@functools.lru_cache(maxsize=1024)
 def _fold_resinfo(resinfo: str) -> str:
     """One resinfo on its own line(s) (a tab, and more indent for its continuations), broken at
     spaces so that lines stay within :data:`FOLD_WIDTH` where a word allows (RFC 5322 §2.2.3:
@@ -265,7 +327,9 @@ __all__ = [
     "authentication_results",
     "authserv_id_of",
     "comment_text",
+    "fields_named",
     "header_fields",
+    "header_section",
     "is_ours",
     "pvalue",
     "quoted",

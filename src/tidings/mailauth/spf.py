@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import re
 import time
@@ -103,7 +104,12 @@ def _pvalue(address: str) -> str:
 
 
 def _comment_safe(text: str) -> str:
+    if text.isprintable() and not _COMMENT_UNSAFE.search(text):
+        return text  # the usual case, without a look at every character
     return "".join(c if c.isprintable() and c not in "()\\" else " " for c in text)
+
+
+_COMMENT_UNSAFE = re.compile(r"[()\\]")
 
 
 class _PermError(Exception):
@@ -327,7 +333,16 @@ class _Check:
 
 def _as_ip(ip: str | IPAddress) -> IPAddress:
     """<ip>, with an IPv4-mapped IPv6 address treated as the IPv4 address it is (§5)."""
-    address = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    return _parse_ip(ip) if isinstance(ip, str) else _unmapped(ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(ip: str) -> IPAddress:
+    """:func:`_as_ip` of a text address, remembered: a client sends many messages."""
+    return _unmapped(ipaddress.ip_address(ip))
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
@@ -365,8 +380,10 @@ async def check_host(
     sender = f"{local or 'postmaster'}@{sender_domain}"  # §4.3
     domain = domain[:-1] if domain.endswith(".") else domain
 
+    ip_text = str(address)
+
     def done(result: Result, comment: str, explanation: str | None = None) -> SPFResult:
-        return SPFResult(result, domain, sender, str(address), identity, explanation, comment)
+        return SPFResult(result, domain, sender, ip_text, identity, explanation, comment)
 
     if not valid_domain(domain):
         return done(Result.NONE, f"{domain!r} is not a valid domain name")
