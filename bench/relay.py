@@ -12,8 +12,10 @@ arrive: the run fails otherwise.
     python3 bench/relay.py --db-url postgresql+asyncpg://user@host/db
     python3 bench/relay.py --dkim                       # the domain has an RSA key: all signed
 
-The sink runs in its own process (``--sink``), so the load client, the sink and the server
-are three processes on the machine's cores. Figures are printed, never asserted.
+The peer is Postfix's ``smtp-sink`` (C, from Debian's postfix package; it offers PIPELINING
+like any MTA) when installed, else (or with ``--python-sink``) an aiosmtpd sink in a process of
+its own. The load client, the peer and the server share the machine's cores. Figures are
+printed, never asserted.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -36,7 +40,7 @@ REMOTE = "remote.bench.test"
 USER = f"sender@{DOMAIN}"
 PASSWORD = "bench-password-1"
 READY = re.compile(rb"ready: .*\bsubmission=(\S+):(\d+)")
-SUBJECT = re.compile(rb"\r\nSubject: relay (\d+)\r\n")
+SUBJECT = re.compile(rb"\r?\nSubject: relay (\d+)\r?\n")
 
 
 # --- the sink: a peer MTA in a process of its own -------------------------------------------------
@@ -158,6 +162,38 @@ async def session(
     await client.quit()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise SystemExit(f"bench: the peer on port {port} did not start") from None
+            time.sleep(0.05)
+
+
+def dumped_arrivals(dumps: Path, expected: int, timeout: float = 120.0) -> dict[int, float]:
+    """{seq: arrival time} from smtp-sink's message files, once all came (or the timeout)."""
+    deadline = time.time() + timeout
+    while len(list(dumps.iterdir())) < expected and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # the last files are complete
+    arrivals: dict[int, float] = {}
+    for path in dumps.iterdir():
+        m = SUBJECT.search(path.read_bytes())
+        if m:
+            arrivals.setdefault(int(m.group(1)), path.stat().st_mtime)
+    return arrivals
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
@@ -170,6 +206,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--db-url", default="", help="default: SQLite in a temporary folder")
     parser.add_argument("--dkim", action="store_true", help="sign every message (RSA 2048)")
+    parser.add_argument(
+        "--python-sink", action="store_true", help="aiosmtpd as the peer, not Postfix's smtp-sink"
+    )
     parser.add_argument(
         "--sink", nargs=3, metavar=("PORT_FILE", "OUT_FILE", "N"), help=argparse.SUPPRESS
     )
@@ -184,18 +223,36 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tidings-relay-") as tmp:
         directory = Path(tmp)
         port_file, out_file = directory / "sink.port", directory / "sink.json"
-        sink = subprocess.Popen(
-            [sys.executable, __file__, "--sink", str(port_file), str(out_file), str(args.messages)]
+        postfix_sink = shutil.which("smtp-sink") or next(
+            (p for p in ("/usr/sbin/smtp-sink",) if Path(p).exists()), None
         )
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.05)
+        if args.python_sink or postfix_sink is None:
+            sink = subprocess.Popen(
+                [sys.executable, __file__, "--sink", str(port_file), str(out_file),
+                 str(args.messages)]
+            )  # fmt: skip
+            while not port_file.exists() or not port_file.read_text():
+                time.sleep(0.05)
+            sink_port = int(port_file.read_text())
+        else:
+            # Postfix's smtp-sink (C): the peer costs the machine next to nothing, and each
+            # message it takes is a file whose modification time is its arrival.
+            dumps = directory / "sink"
+            dumps.mkdir()
+            dumps.chmod(0o777)
+            directory.chmod(0o755)
+            sink_port = free_port()
+            sink = subprocess.Popen(
+                [postfix_sink, "-u", "nobody", "-d", f"{dumps}/m.", f"127.0.0.1:{sink_port}", "256"]
+            )
+            wait_listening(sink_port)
         zone = {
             REMOTE: [("MX", (10, f"mx.{REMOTE}"))],
             f"mx.{REMOTE}": [("A", "127.0.0.1")],
         }
         dns = DNSTestServer(zone).start()
         db_url = args.db_url or f"sqlite:///{directory / 'tidings.db'}"
-        config = write_config(directory, db_url, dns.address, int(port_file.read_text()))
+        config = write_config(directory, db_url, dns.address, sink_port)
         cli(config, "domain", "add", DOMAIN)
         cli(config, "user", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
         if args.dkim:
@@ -229,12 +286,15 @@ def main() -> int:
             asyncio.run(load())
             client_cpu = time.process_time() - client_cpu
             submitted = time.time()
-            try:
-                sink.wait(timeout=max(120, args.messages / 20))
-            except subprocess.TimeoutExpired:
-                sink.send_signal(signal.SIGTERM)
-                sink.wait()
-            arrivals = {int(k): v for k, v in json.loads(out_file.read_text()).items()}
+            if args.python_sink or postfix_sink is None:
+                try:
+                    sink.wait(timeout=max(120, args.messages / 20))
+                except subprocess.TimeoutExpired:
+                    sink.send_signal(signal.SIGTERM)
+                    sink.wait()
+                arrivals = {int(k): v for k, v in json.loads(out_file.read_text()).items()}
+            else:
+                arrivals = dumped_arrivals(directory / "sink", args.messages)
             cpu = cpu_seconds(server.pid) - cpu_before
             rss = proc_figure(server.pid, "VmRSS")
             hwm = proc_figure(server.pid, "VmHWM")
