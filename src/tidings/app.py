@@ -94,16 +94,7 @@ class App:
             raise
 
     def _smtp(self, handler: InboundHandler) -> TidingsSMTP:
-        limits = self.config.limits
-        return TidingsSMTP(
-            handler,
-            hostname=self.config.server.hostname,
-            max_message_size=limits.max_message_size,
-            max_command_line=limits.max_command_line,
-            timeout=limits.smtp_timeout,
-            bare_line_endings=limits.bare_line_endings,
-            tls_context=self.tls,
-        )
+        return TidingsSMTP.from_config(handler, self.config, self.tls)
 
     async def _start_submission(self) -> None:
         listen = self.config.listen

@@ -16,11 +16,12 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tidings.address import Address, AddressError, parse_params, parse_path
+from tidings.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,23 @@ class TidingsSMTP(SMTP):
         self.bare_line_endings = bare_line_endings
         self.implicit_tls = implicit_tls
         self._started_tls = False
+
+    @classmethod
+    def from_config(
+        cls, handler: Any, config: Config, tls: ssl.SSLContext | None, *, implicit_tls: bool = False
+    ) -> Self:
+        """A session for one connection, with the limits of ``config``."""
+        limits = config.limits
+        return cls(
+            handler,
+            hostname=config.server.hostname,
+            max_message_size=limits.max_message_size,
+            max_command_line=limits.max_command_line,
+            timeout=limits.smtp_timeout,
+            bare_line_endings=limits.bare_line_endings,
+            tls_context=tls,
+            implicit_tls=implicit_tls,
+        )
 
     # aiosmtpd creates these; Tidings' versions carry more state.
     def _create_envelope(self) -> TidingsEnvelope:

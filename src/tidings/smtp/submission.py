@@ -184,17 +184,7 @@ class SubmissionHandler:
         self._keys_loading: asyncio.Lock = asyncio.Lock()
 
     def smtp(self, tls: ssl.SSLContext, implicit_tls: bool) -> SubmissionSMTP:
-        limits = self.config.limits
-        return SubmissionSMTP(
-            self,
-            hostname=self.config.server.hostname,
-            max_message_size=limits.max_message_size,
-            max_command_line=limits.max_command_line,
-            timeout=limits.smtp_timeout,
-            bare_line_endings=limits.bare_line_endings,
-            tls_context=tls,
-            implicit_tls=implicit_tls,
-        )
+        return SubmissionSMTP.from_config(self, self.config, tls, implicit_tls=implicit_tls)
 
     async def owned_addresses(self, account: str) -> frozenset[str]:
         """The addresses ``account`` may send as: itself and the aliases that lead to it."""
