@@ -87,7 +87,7 @@ class App:
             await self._start_submission()
             await self._start_pop3()
             self.queue = QueueRunner(self.store, config, self.resolver, self.delivery)
-            self.delivery.on_queued.append(self.queue.wake)
+            self.delivery.queue_taker = self.queue
             self.queue.start()
         except BaseException:
             await self.stop()

@@ -24,7 +24,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -46,6 +46,8 @@ from tidings.mime import analyze
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError, describe_db_error
 from tidings.store.filing import (
+    QueueClaim,
+    Queued,
     Usage,
     account_usage,
     add_usage,
@@ -120,6 +122,15 @@ class Delivery:
     junk: bool = False
 
 
+class QueueTaker(Protocol):
+    """The queue runner as delivery sees it."""
+
+    @property
+    def claim(self) -> QueueClaim: ...
+
+    def take(self, queued: list[Queued], contents: dict[int, bytes]) -> None: ...
+
+
 @dataclass
 class _Pending:
     delivery: Delivery
@@ -174,6 +185,9 @@ class MailDelivery:
         # Called after a commit that queued mail for remote recipients (the queue runner's
         # wake-up), so relaying starts at once instead of at the next poll.
         self.on_queued: list[Callable[[], None]] = []
+        # The queue runner that takes new queue rows at once, claimed in the commit that
+        # writes them (None: they wait for a runner to claim them).
+        self.queue_taker: QueueTaker | None = None
 
     # --- recipients ---------------------------------------------------------------------------
 
@@ -321,15 +335,19 @@ class MailDelivery:
                 continue
             for p, outcome in zip(batch, outcomes, strict=True):
                 _settle(p.done, outcome)
-            if any(p.delivery.remote for p in batch):
-                for callback in self.on_queued:
-                    callback()
 
     async def _commit(self, deliveries: list[Delivery]) -> list[Exception | None]:
         structures = await _analyses(deliveries)
-        return await self.store.run_write(
-            functools.partial(store_deliveries, deliveries, structures=structures)
+        claim = self.queue_taker.claim if self.queue_taker is not None else None
+        committed = await self.store.run_write(
+            functools.partial(store_deliveries, deliveries, structures=structures, claim=claim)
         )
+        if committed.queued and self.queue_taker is not None:
+            self.queue_taker.take(committed.queued, committed.contents)
+        elif any(d.remote for d in deliveries):
+            for callback in self.on_queued:
+                callback()
+        return committed.outcomes
 
 
 async def _analyses(deliveries: list[Delivery]) -> list[str | None]:
@@ -366,11 +384,22 @@ def _analyse_all(contents: list[bytes]) -> list[str | None]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What one commit did: per delivery None or its refusal; the queue rows it wrote already
+    claimed (with a QueueClaim), and their messages' bytes by blob id."""
+
+    outcomes: list[Exception | None]
+    queued: list[Queued]
+    contents: dict[int, bytes]
+
+
 def store_deliveries(
     deliveries: list[Delivery],
     conn: Connection,
     structures: list[str | None] | None = None,
-) -> list[Exception | None]:
+    claim: QueueClaim | None = None,
+) -> Committed:
     """Store ``deliveries`` in the caller's transaction; per delivery, None or its refusal.
 
     A delivery that would take an account over its quota is refused whole (RFC 3463 4.2.2);
@@ -427,9 +456,10 @@ def store_deliveries(
             )
         queue.extend((blob_id, d.id, d.sender, r) for r in d.remote)
     insert_messages(conn, rows)
-    enqueue(conn, queue, at)
+    queued = enqueue(conn, queue, at, claim)
     add_usage(conn, added)
-    return outcomes
+    contents = {b: d.content for d, b in zip(accepted, blob_ids, strict=True) if d.remote}
+    return Committed(outcomes, queued, contents if queued else {})
 
 
 def _quarantined(conn: Connection, deliveries: list[Delivery]) -> list[Delivery]:

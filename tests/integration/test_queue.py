@@ -345,35 +345,36 @@ def test_sigkill_while_relaying_loses_nothing(
 def test_two_processes_share_one_queue_without_double_sends(
     tmp_path: Path, db_url: str, dns_server: DNSTestServer
 ) -> None:
+    """1,000 messages submitted to two processes while the peer is down: every retry is a
+    claim both processes race for (FOR UPDATE SKIP LOCKED); each message arrives once."""
     if db_url.startswith("sqlite"):
         pytest.skip("several processes share a queue on PostgreSQL")
-    with SMTPPeer() as peer:
-        servers = []
-        for name in ("one", "two"):
-            directory = tmp_path / name
-            directory.mkdir()
-            servers.append(
-                relay_server(directory, db_url, dns_server, peer.port, add_user=name == "one")
-            )
-        try:
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                jobs = [
-                    pool.submit(
-                        submit,
-                        server,
-                        ["bob@direct.test"],
-                        [message(n, "bob@direct.test") for n in range(i, 1000, 2)],
-                    )
-                    for i, server in enumerate(servers)
-                ]
-                for job in jobs:
-                    job.result()
+    port = free_port()
+    servers = []
+    for name in ("one", "two"):
+        directory = tmp_path / name
+        directory.mkdir()
+        servers.append(relay_server(directory, db_url, dns_server, port, add_user=name == "one"))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            jobs = [
+                pool.submit(
+                    submit,
+                    server,
+                    ["bob@direct.test"],
+                    [message(n, "bob@direct.test") for n in range(i, 1000, 2)],
+                )
+                for i, server in enumerate(servers)
+            ]
+            for job in jobs:
+                job.result()
+        with SMTPPeer(port=port) as peer:
             peer.wait_for_sync(1000, timeout=120)
             wait_for(lambda: queue_json(servers[0].config) == [], what="queue empty")
             time.sleep(1)  # a double send would arrive now
-        finally:
-            for server in servers:
-                server.stop()
+    finally:
+        for server in servers:
+            server.stop()
     subjects = [subject(m) for m in peer.messages]
     assert len(subjects) == 1000
     assert set(subjects) == {f"note {n}".encode() for n in range(1000)}

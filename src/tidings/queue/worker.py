@@ -49,6 +49,7 @@ from tidings.queue.schedule import next_attempt
 from tidings.queue.store import Claimed, Retry
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError
+from tidings.store.filing import QueueClaim, Queued
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,21 @@ class QueueRunner:
     def wake(self) -> None:
         self._wakeup.set()
 
+    @property
+    def claim(self) -> QueueClaim:
+        """How a commit that queues mail claims the rows for this runner (delivery.py)."""
+        return QueueClaim(self.token, self.config.queue.lease)
+
+    def take(self, queued: list[Queued], contents: dict[int, bytes]) -> None:
+        """Relay rows a commit has just written, claimed for this runner, at once."""
+        if self._stopping:
+            return  # their lease runs out and the next start (or another process) sends them
+        claimed = [
+            Claimed(q.id, q.queue_id, q.blob_id, q.sender, q.recipient, 1, q.created_at)
+            for q in queued
+        ]
+        self._dispatch(claimed, contents)
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; give attempts in progress ``grace`` seconds, then abandon them (their
         rows come back when the lease runs out)."""
@@ -247,13 +263,13 @@ class QueueRunner:
         except (SQLAlchemyError, OSError) as e:
             raise StoreError(str(e)) from e
 
-    def _dispatch(self, claimed: list[Claimed]) -> None:
+    def _dispatch(self, claimed: list[Claimed], contents: dict[int, bytes] | None = None) -> None:
         by_domain: defaultdict[str, list[Claimed]] = defaultdict(list)
         for row in claimed:
             self._in_flight[row.id] = row
             by_domain[row.recipient.rpartition("@")[2].lower()].append(row)
         for domain, rows in by_domain.items():
-            job = asyncio.create_task(self._deliver_domain(domain, rows))
+            job = asyncio.create_task(self._deliver_domain(domain, rows, contents))
             self._jobs.add(job)
             job.add_done_callback(self._job_done)
 
@@ -280,10 +296,12 @@ class QueueRunner:
 
     # --- one domain ---------------------------------------------------------------------------
 
-    async def _deliver_domain(self, domain: str, rows: list[Claimed]) -> None:
+    async def _deliver_domain(
+        self, domain: str, rows: list[Claimed], contents: dict[int, bytes] | None = None
+    ) -> None:
         outcomes = Outcomes()
         try:
-            messages = await self._messages(rows)
+            messages = await self._messages(rows, contents)
             try:
                 hops = await self._route(domain)
             except RouteError as e:
@@ -302,10 +320,15 @@ class QueueRunner:
             for row in rows:
                 self._in_flight.pop(row.id, None)
 
-    async def _messages(self, rows: list[Claimed]) -> list[Outgoing]:
-        contents = await self.store.run_read(
-            functools.partial(queue_store.blob_contents, blob_ids=[r.blob_id for r in rows])
-        )
+    async def _messages(
+        self, rows: list[Claimed], known: dict[int, bytes] | None = None
+    ) -> list[Outgoing]:
+        contents = known or {}
+        missing = [r.blob_id for r in rows if r.blob_id not in contents]
+        if missing:
+            contents = contents | await self.store.run_read(
+                functools.partial(queue_store.blob_contents, blob_ids=missing)
+            )
         groups: dict[tuple[str, str], list[Claimed]] = {}
         for row in rows:
             groups.setdefault((row.queue_id, row.sender), []).append(row)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
@@ -145,22 +145,59 @@ def special_use_mailboxes(
     return {account_id: mailbox_id for account_id, mailbox_id in rows}
 
 
-def enqueue(conn: Connection, rows: Sequence[tuple[int, str, str, str]], at: datetime) -> None:
-    """Queue (blob_id, queue_id, sender, recipient) rows for relay, due now."""
-    if rows:
-        conn.execute(
-            insert(QueueItem),
-            [
-                {
-                    "blob_id": blob_id,
-                    "queue_id": queue_id,
-                    "sender": sender,
-                    "recipient": recipient,
-                    "state": "queued",
-                    "attempts": 0,
-                    "next_attempt": at,
-                    "created_at": at,
-                }
-                for blob_id, queue_id, sender, recipient in rows
-            ],
-        )
+@dataclass(frozen=True, slots=True)
+class QueueClaim:
+    """Who takes new queue rows at once: the queue runner of this process (its token and
+    lease). Rows a commit writes are then already claimed by it, so relaying starts without
+    a claim transaction and without reading back the message it has in memory."""
+
+    token: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A queue row a commit wrote, claimed (see QueueClaim)."""
+
+    id: int
+    queue_id: str
+    blob_id: int
+    sender: str
+    recipient: str
+    created_at: datetime
+
+
+def enqueue(
+    conn: Connection,
+    rows: Sequence[tuple[int, str, str, str]],
+    at: datetime,
+    claim: QueueClaim | None = None,
+) -> list[Queued]:
+    """Queue (blob_id, queue_id, sender, recipient) rows for relay, due now — or, with
+    ``claim``, already taken by that runner for one lease. Returns the claimed rows."""
+    if not rows:
+        return []
+    values = [
+        {
+            "blob_id": blob_id,
+            "queue_id": queue_id,
+            "sender": sender,
+            "recipient": recipient,
+            "state": "sending" if claim else "queued",
+            "claim": claim.token if claim else None,
+            "attempts": 1 if claim else 0,
+            "next_attempt": at + timedelta(seconds=claim.lease) if claim else at,
+            "created_at": at,
+        }
+        for blob_id, queue_id, sender, recipient in rows
+    ]
+    if claim is None:
+        conn.execute(insert(QueueItem), values)
+        return []
+    ids = conn.scalars(
+        insert(QueueItem).returning(QueueItem.id, sort_by_parameter_order=True), values
+    ).all()
+    return [
+        Queued(row_id, queue_id, blob_id, sender, recipient, at)
+        for row_id, (blob_id, queue_id, sender, recipient) in zip(ids, rows, strict=True)
+    ]
