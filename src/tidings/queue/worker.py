@@ -195,8 +195,10 @@ class QueueRunner:
 
     def take(self, queued: list[Queued], contents: dict[int, bytes]) -> None:
         """Relay rows a commit has just written, claimed for this runner, at once."""
-        if self._stopping:
-            return  # their lease runs out and the next start (or another process) sends them
+        if self._stopping or len(self._in_flight) >= MAX_IN_FLIGHT:
+            # Their lease runs out, and then this runner (or another process, or the next
+            # start) claims them like any due row: a burst waits instead of filling memory.
+            return
         claimed = [
             Claimed(q.id, q.queue_id, q.blob_id, q.sender, q.recipient, 1, q.created_at)
             for q in queued
