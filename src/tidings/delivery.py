@@ -21,7 +21,6 @@ import random
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,8 +45,8 @@ from tidings.mime import analyze
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError, describe_db_error
 from tidings.store.filing import (
+    Claimed,
     QueueClaim,
-    Queued,
     Usage,
     account_usage,
     add_usage,
@@ -128,7 +127,7 @@ class QueueTaker(Protocol):
     @property
     def claim(self) -> QueueClaim: ...
 
-    def take(self, queued: list[Queued], contents: dict[int, bytes]) -> None: ...
+    def take(self, queued: list[Claimed], contents: dict[int, bytes]) -> None: ...
 
 
 @dataclass
@@ -182,9 +181,6 @@ class MailDelivery:
         self._serial: int | None = None
         self._serial_read_at = 0.0
         self._serial_reader: asyncio.Task[None] | None = None
-        # Called after a commit that queued mail for remote recipients (the queue runner's
-        # wake-up), so relaying starts at once instead of at the next poll.
-        self.on_queued: list[Callable[[], None]] = []
         # The queue runner that takes new queue rows at once, claimed in the commit that
         # writes them (None: they wait for a runner to claim them).
         self.queue_taker: QueueTaker | None = None
@@ -344,9 +340,6 @@ class MailDelivery:
         )
         if committed.queued and self.queue_taker is not None:
             self.queue_taker.take(committed.queued, committed.contents)
-        elif any(d.remote for d in deliveries):
-            for callback in self.on_queued:
-                callback()
         return committed.outcomes
 
 
@@ -390,7 +383,7 @@ class Committed:
     claimed (with a QueueClaim), and their messages' bytes by blob id."""
 
     outcomes: list[Exception | None]
-    queued: list[Queued]
+    queued: list[Claimed]
     contents: dict[int, bytes]
 
 

@@ -19,24 +19,12 @@ from sqlalchemy import ColumnElement, bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings.store.filing import Claimed
 from tidings.store.models import Blob, Message, QueueItem
 
 QUEUED, SENDING, HELD = "queued", "sending", "held"
 # Statements take ids in chunks: SQLite allows at most 32766 bound parameters.
 CHUNK = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """One recipient of one message, claimed for an attempt."""
-
-    id: int
-    queue_id: str
-    blob_id: int
-    sender: str
-    recipient: str
-    attempts: int  # including this one
-    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

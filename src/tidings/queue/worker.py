@@ -46,10 +46,10 @@ from tidings.queue import store as queue_store
 from tidings.queue.client import ConnectionFailed, Reply, SMTPClient
 from tidings.queue.dsn import FailedRecipient, build_dsn
 from tidings.queue.schedule import next_attempt
-from tidings.queue.store import Claimed, Retry
+from tidings.queue.store import Retry
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError
-from tidings.store.filing import QueueClaim, Queued
+from tidings.store.filing import Claimed, QueueClaim
 
 log = logging.getLogger(__name__)
 
@@ -185,25 +185,18 @@ class QueueRunner:
             asyncio.create_task(self._close_idle_connections(), name="queue-idle"),
         ]
 
-    def wake(self) -> None:
-        self._wakeup.set()
-
     @property
     def claim(self) -> QueueClaim:
         """How a commit that queues mail claims the rows for this runner (delivery.py)."""
         return QueueClaim(self.token, self.config.queue.lease)
 
-    def take(self, queued: list[Queued], contents: dict[int, bytes]) -> None:
+    def take(self, queued: list[Claimed], contents: dict[int, bytes]) -> None:
         """Relay rows a commit has just written, claimed for this runner, at once."""
         if self._stopping or len(self._in_flight) >= MAX_IN_FLIGHT:
             # Their lease runs out, and then this runner (or another process, or the next
             # start) claims them like any due row: a burst waits instead of filling memory.
             return
-        claimed = [
-            Claimed(q.id, q.queue_id, q.blob_id, q.sender, q.recipient, 1, q.created_at)
-            for q in queued
-        ]
-        self._dispatch(claimed, contents)
+        self._dispatch(queued, contents)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give attempts in progress ``grace`` seconds, then abandon them (their
@@ -314,7 +307,7 @@ class QueueRunner:
                     outcomes.temporary(rows, str(e), None)
             else:
                 await self._send_all(domain, hops, messages, outcomes)
-            await self._record(outcomes)
+            await self._record(outcomes, {m.rows[0].blob_id: m.content for m in messages})
         except (StoreError, SQLAlchemyError, OSError) as e:
             # The rows stay claimed; they come back when the lease runs out.
             log.error("queue: %s: cannot record outcomes: %s", domain, e)
@@ -609,8 +602,9 @@ class QueueRunner:
 
     # --- outcomes -----------------------------------------------------------------------------
 
-    async def _record(self, outcomes: Outcomes) -> None:
-        """Bounce what failed for good, then settle every row in one transaction."""
+    async def _record(self, outcomes: Outcomes, contents: dict[int, bytes]) -> None:
+        """Bounce what failed for good (``contents``: the messages' bytes by blob id), then
+        settle every row in one transaction."""
         queue = self.config.queue
         at = now()
         retries: list[Retry] = []
@@ -637,7 +631,7 @@ class QueueRunner:
                 retries.append(Retry(row.id, when, error, mta))
         done = list(outcomes.done)
         if failed:
-            done.extend(await self._bounce(failed))
+            done.extend(await self._bounce(failed, contents))
         await self._settle(done, retries)
 
     async def _settle(self, done: list[int], retries: list[Retry]) -> None:
@@ -668,7 +662,11 @@ class QueueRunner:
                 if not future.done():
                     future.set_result(None)
 
-    async def _bounce(self, failed: list[tuple[Claimed, str, str | None, str | None]]) -> list[int]:
+    async def _bounce(
+        self,
+        failed: list[tuple[Claimed, str, str | None, str | None]],
+        contents: dict[int, bytes],
+    ) -> list[int]:
         """Deliver one DSN per failed message; returns the rows it covers."""
         by_message: defaultdict[str, list[tuple[Claimed, str, str | None, str | None]]] = (
             defaultdict(list)
@@ -676,9 +674,6 @@ class QueueRunner:
         for entry in failed:
             by_message[entry[0].queue_id].append(entry)
         settled: list[int] = []
-        contents = await self.store.run_read(
-            functools.partial(queue_store.blob_contents, blob_ids=[e[0].blob_id for e in failed])
-        )
         for queue_id, entries in by_message.items():
             first = entries[0][0]
             if await self._deliver_dsn(queue_id, first, entries, contents[first.blob_id]):

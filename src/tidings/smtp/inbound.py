@@ -21,6 +21,7 @@ from tidings.dns import Resolver
 from tidings.mailauth.dmarc import Policy
 from tidings.mailauth.spf import spf_for_session
 from tidings.mailauth.verdict import judge
+from tidings.smtp.policy import accept_recipient
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
 from tidings.store.db import StoreError
 
@@ -111,18 +112,17 @@ class InboundHandler:
         address: Address,
         params: dict[str, str | None],
     ) -> str | None:
-        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
-            return "452 4.5.3 Too many recipients"
         try:
-            resolution = await self.delivery.resolve_recipient(address)
+            return await accept_recipient(
+                self.delivery,
+                envelope,
+                address,
+                max_recipients=self.config.limits.max_recipients,
+                may_relay=False,
+            )
         except RecipientError as e:
             log.info("rcpt refused peer=%s to=<%s>: %s", session.peer, address, e.reply)
             return e.reply
-        except StoreError as e:
-            log.error("rcpt lookup failed: %s", e)
-            return "451 4.3.0 Temporary lookup failure, try again later"
-        envelope.resolutions.append(resolution)
-        return None
 
     async def handle_DATA(
         self, server: TidingsSMTP, session: Any, envelope: TidingsEnvelope

@@ -38,14 +38,13 @@ from tidings.delivery import (
     Delivery,
     MailDelivery,
     RecipientError,
-    RelayDenied,
-    Resolution,
     combine,
     new_message_id,
 )
 from tidings.mailauth.results import header_fields
 from tidings.mailauth.signing import SigningError, SigningKey, sign_message
 from tidings.smtp.inbound import received_header
+from tidings.smtp.policy import accept_recipient
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
 from tidings.store.db import StoreError
 from tidings.store.dkimkeys import signing_keys
@@ -243,22 +242,18 @@ class SubmissionHandler:
         address: Address,
         params: dict[str, str | None],
     ) -> str | None:
-        if len(envelope.rcpt_tos) >= self.config.limits.max_recipients:
-            return "452 4.5.3 Too many recipients"
         if address.is_quoted and not address.domain:
             return "501 5.1.3 Bad recipient address"
         try:
-            resolution = await self.delivery.resolve_recipient(address)
-        except RelayDenied:
-            # Another domain: an authenticated user may send anywhere; the queue relays it.
-            resolution = Resolution(remote=(str(address),))
+            return await accept_recipient(
+                self.delivery,
+                envelope,
+                address,
+                max_recipients=self.config.limits.max_recipients,
+                may_relay=True,
+            )
         except RecipientError as e:
             return e.reply
-        except StoreError as e:
-            log.error("submission rcpt lookup failed: %s", e)
-            return "451 4.3.0 Temporary lookup failure, try again later"
-        envelope.resolutions.append(resolution)
-        return None
 
     async def handle_DATA(
         self, server: SubmissionSMTP, session: Any, envelope: TidingsEnvelope

@@ -156,14 +156,15 @@ class QueueClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class Queued:
-    """A queue row a commit wrote, claimed (see QueueClaim)."""
+class Claimed:
+    """One recipient of one message, claimed by a queue runner for an attempt."""
 
     id: int
     queue_id: str
     blob_id: int
     sender: str
     recipient: str
+    attempts: int  # including this one
     created_at: datetime
 
 
@@ -172,7 +173,7 @@ def enqueue(
     rows: Sequence[tuple[int, str, str, str]],
     at: datetime,
     claim: QueueClaim | None = None,
-) -> list[Queued]:
+) -> list[Claimed]:
     """Queue (blob_id, queue_id, sender, recipient) rows for relay, due now — or, with
     ``claim``, already taken by that runner for one lease. Returns the claimed rows."""
     if not rows:
@@ -198,6 +199,6 @@ def enqueue(
         insert(QueueItem).returning(QueueItem.id, sort_by_parameter_order=True), values
     ).all()
     return [
-        Queued(row_id, queue_id, blob_id, sender, recipient, at)
+        Claimed(row_id, queue_id, blob_id, sender, recipient, 1, at)
         for row_id, (blob_id, queue_id, sender, recipient) in zip(ids, rows, strict=True)
     ]
