@@ -28,6 +28,8 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
             "submissions": "127.0.0.1:0",
             "pop3": "127.0.0.1:0",
             "pop3s": "127.0.0.1:0",
+            "imap": "127.0.0.1:0",
+            "imaps": "127.0.0.1:0",
         },
         # Nothing answers there: a test never reaches the Internet's DNS; those that need DNS
         # start a loopback server and say so.

@@ -15,6 +15,7 @@ from tidings.auth import Authenticator, AuthFailureLimiter
 from tidings.config import Config, ConfigError, parse_hostport
 from tidings.delivery import MailDelivery
 from tidings.dns import Resolver
+from tidings.imap.session import ImapService, ImapSettings
 from tidings.mailauth.dmarc import organizational_domain
 from tidings.pop3.session import Pop3Service, Pop3Settings
 from tidings.queue.worker import QueueRunner
@@ -22,6 +23,7 @@ from tidings.smtp.inbound import InboundHandler
 from tidings.smtp.server import TidingsSMTP
 from tidings.smtp.submission import SubmissionHandler
 from tidings.store.db import Store
+from tidings.store.notify import MailboxEvents
 from tidings.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class App:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, str] = {}
         self.pop3: Pop3Service | None = None
+        self.imap: ImapService | None = None
+        self.events: MailboxEvents | None = None
         self.queue: QueueRunner | None = None
 
     async def start(self) -> None:
@@ -65,6 +69,9 @@ class App:
         self.tls = server_context(config)
         self.store = await Store.open(config.database_url)
         self.delivery = MailDelivery(self.store, config.delivery)
+        self.events = MailboxEvents(None if self.store.is_sqlite else config.database_url)
+        await self.events.start()
+        self.delivery.events = self.events
         limits = config.limits
         # One limiter for every protocol that takes passwords, so a guesser gains nothing by
         # switching between them.
@@ -86,6 +93,7 @@ class App:
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
             await self._start_submission()
             await self._start_pop3()
+            await self._start_imap()
             self.queue = QueueRunner(self.store, config, self.resolver, self.delivery)
             self.delivery.queue_taker = self.queue
             self.queue.start()
@@ -121,11 +129,33 @@ class App:
             allow_insecure_auth=config.pop3.allow_insecure_auth,
             timeout=config.limits.pop3_timeout,
         )
-        self.pop3 = pop3 = Pop3Service(self.store, settings, self.authenticator, self.tls)
+        self.pop3 = pop3 = Pop3Service(
+            self.store, settings, self.authenticator, self.tls, self.events
+        )
         if config.listen.pop3:
             await self._listen("pop3", config.listen.pop3, pop3.protocol_factory(False))
         if config.listen.pop3s:
             await self._listen("pop3s", config.listen.pop3s, pop3.protocol_factory(True), self.tls)
+
+    async def _start_imap(self) -> None:
+        config = self.config
+        if not (config.listen.imap or config.listen.imaps):
+            return
+        assert self.events is not None
+        settings = ImapSettings(
+            hostname=config.server.hostname,
+            timeout=config.limits.imap_timeout,
+            max_line=config.limits.imap_max_line,
+            max_literal=config.limits.imap_max_literal,
+            max_append=config.limits.max_message_size,
+        )
+        self.imap = imap = ImapService(
+            self.store, settings, self.authenticator, self.tls, self.events
+        )
+        if config.listen.imap:
+            await self._listen("imap", config.listen.imap, imap.protocol_factory(False))
+        if config.listen.imaps:
+            await self._listen("imaps", config.listen.imaps, imap.protocol_factory(True), self.tls)
 
     async def _listen(
         self,
@@ -150,10 +180,14 @@ class App:
             server.close()
         if self.pop3 is not None:
             await self.pop3.close()
+        if self.imap is not None:
+            await self.imap.close()
         if self.queue is not None:
             await self.queue.stop(SHUTDOWN_GRACE)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
+        if self.events is not None:
+            await self.events.close()
         await self.store.close()
 
 

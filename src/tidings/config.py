@@ -58,6 +58,9 @@ class ListenConfig:
     # POP3 with STLS (RFC 2595), and POP3 over implicit TLS (RFC 8314).
     pop3: str = "127.0.0.1:1110"
     pop3s: str = "127.0.0.1:1995"
+    # IMAP with STARTTLS (RFC 3501; 143 in production) and over implicit TLS (RFC 8314; 993).
+    imap: str = "127.0.0.1:1143"
+    imaps: str = "127.0.0.1:1993"
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,13 @@ class LimitsConfig:
     bare_line_endings: str = "reject"
     # Seconds a POP3 client may stay idle before it is logged out (RFC 1939 §3: at least 600).
     pop3_timeout: float = 600.0
+    # Seconds an IMAP client may stay idle, IDLE included, before it is logged out (RFC 3501
+    # §5.4: at least 30 minutes once logged in); before login the limit is a tenth of it.
+    imap_timeout: float = 1800.0
+    # Longest IMAP command line, and largest literal outside APPEND (LOGIN, SEARCH strings).
+    # APPEND is limited by max_message_size (RFC 7889 APPENDLIMIT).
+    imap_max_line: int = 65536
+    imap_max_literal: int = 65536
     # Failed logins (POP3, IMAP): the pause before a failure is answered, and how many failures
     # per client address and per account within auth_failure_window lock further attempts out.
     auth_failure_delay: float = 2.0
@@ -175,7 +185,11 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 # Keys whose values are sizes in bytes and may be written "25M", "512K", "1G".
-SIZE_KEYS = {("limits", "max_message_size")}
+SIZE_KEYS = {
+    ("limits", "max_message_size"),
+    ("limits", "imap_max_line"),
+    ("limits", "imap_max_literal"),
+}
 CHOICES = {
     ("limits", "bare_line_endings"): ("reject", "normalize"),
     ("mailauth", "dmarc_max_disposition"): ("reject", "quarantine", "none"),
@@ -361,6 +375,12 @@ def validate(config: Config) -> None:
         raise ConfigError("limits.auth_failure_delay: must be a number of seconds, 0 or more")
     if config.delivery.max_batch < 1:
         raise ConfigError("delivery.max_batch: must be at least 1")
+    for key, size in (
+        ("limits.imap_max_line", config.limits.imap_max_line),
+        ("limits.imap_max_literal", config.limits.imap_max_literal),
+    ):
+        if size < 1024:
+            raise ConfigError(f"{key}: must be at least 1024 bytes, got {size}")
     if not config.queue.retry_schedule:
         raise ConfigError("queue.retry_schedule: needs at least one interval")
     for key, count in (
@@ -385,6 +405,7 @@ def validate(config: Config) -> None:
         ("dns.timeout", config.dns.timeout),
         ("limits.smtp_timeout", config.limits.smtp_timeout),
         ("limits.pop3_timeout", config.limits.pop3_timeout),
+        ("limits.imap_timeout", config.limits.imap_timeout),
         ("limits.auth_failure_window", config.limits.auth_failure_window),
         ("queue.max_age", config.queue.max_age),
         ("queue.lease", config.queue.lease),

@@ -57,6 +57,7 @@ from tidings.store.filing import (
     store_blobs,
 )
 from tidings.store.models import Account, Alias, DirectorySerial, Domain, Mailbox
+from tidings.store.notify import MailboxEvents
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,8 @@ class MailDelivery:
         # The queue runner that takes new queue rows at once, claimed in the commit that
         # writes them (None: they wait for a runner to claim them).
         self.queue_taker: QueueTaker | None = None
+        # Told which mailboxes got mail after each commit (IMAP sessions watching them).
+        self.events: MailboxEvents | None = None
 
     # --- recipients ---------------------------------------------------------------------------
 
@@ -340,6 +343,8 @@ class MailDelivery:
         )
         if committed.queued and self.queue_taker is not None:
             self.queue_taker.take(committed.queued, committed.contents)
+        if self.events is not None:
+            self.events.changed(committed.mailboxes)
         return committed.outcomes
 
 
@@ -385,6 +390,7 @@ class Committed:
     outcomes: list[Exception | None]
     queued: list[Claimed]
     contents: dict[int, bytes]
+    mailboxes: frozenset[int] = frozenset()  # the mailboxes that got messages
 
 
 def store_deliveries(
@@ -452,7 +458,7 @@ def store_deliveries(
     queued = enqueue(conn, queue, at, claim)
     add_usage(conn, added)
     contents = {b: d.content for d, b in zip(accepted, blob_ids, strict=True) if d.remote}
-    return Committed(outcomes, queued, contents if queued else {})
+    return Committed(outcomes, queued, contents if queued else {}, frozenset(uids))
 
 
 def _quarantined(conn: Connection, deliveries: list[Delivery]) -> list[Delivery]:

@@ -130,6 +130,11 @@ class CommandReader:
         self._scanned = 0  # how far the unfinished line was searched for LF already
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes received and not yet framed: the connection pauses reading above a bound."""
+        return len(self._buf)
+
+    @property
     def buffered(self) -> bool:
         """Bytes received and not yet consumed (RFC 3501 §6.2.1: none may follow STARTTLS)."""
         return bool(self._buf) or bool(self._parts)

@@ -48,6 +48,7 @@ from tidings.pop3.responses import (
 from tidings.store import mailbox as mb
 from tidings.store.db import Store, describe_db_error
 from tidings.store.models import Blob
+from tidings.store.notify import MailboxEvents
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +493,8 @@ class Session:
                 await mb.add_flag(db, maildrop.mailbox_id, deleted_ids, mb.DELETED_FLAG)
             else:
                 await mb.expunge_messages(db, maildrop.mailbox_id, deleted_ids)
+        if self.service.events is not None:
+            self.service.events.changed([maildrop.mailbox_id])
         return len(deleted_ids)
 
     # --- TRANSACTION --------------------------------------------------------------------------
@@ -602,11 +605,13 @@ class Pop3Service:
         settings: Pop3Settings,
         authenticator: Authenticator,
         tls: ssl.SSLContext | None,
+        events: MailboxEvents | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.authenticator = authenticator
         self.tls = tls
+        self.events = events  # told of what UPDATE changed, for IMAP sessions
         self.locks = MaildropLocks(store)
         self.connections: set[Connection] = set()
 

@@ -89,6 +89,8 @@ class Mailbox(Base):
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
     subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The lowest UID not yet announced as \Recent to any IMAP session (RFC 3501 §2.3.2).
+    recent_uid: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
 
 
 class Blob(Base):
@@ -118,6 +120,19 @@ class Message(Base):
     internaldate: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     size: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), index=True)
+
+
+class Expunged(Base):
+    """A tombstone per message deleted from a mailbox that still exists: how a session learns
+    what others expunged (RFC 3501 §7.4.1) and QRESYNC answers VANISHED (RFC 7162 §3.2.10)."""
+
+    __tablename__ = "expunged"
+    __table_args__ = (Index("ix_expunged_mailbox_id_modseq", "mailbox_id", "modseq"), NO_REUSE)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    # The mailbox's HIGHESTMODSEQ given to the expunge.
+    modseq: Mapped[int] = mapped_column(BigInteger)
 
 
 class QueueItem(Base):

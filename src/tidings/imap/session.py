@@ -1,0 +1,1131 @@
+"""The IMAP server: connections, the RFC 3501 state machine, and the commands it runs.
+
+A session is not authenticated → authenticated → selected → logout (RFC 3501 §3). Parsing is
+``parser.py``'s and wire syntax ``responses.py``'s; FETCH items come from ``fetch.py``,
+SEARCH matching from ``search.py``, the selected mailbox's numbering from ``view.py``; the store
+functions in ``store/mailbox.py`` and ``store/folders.py`` do the database work, each command
+in one transaction. Nothing is answered OK before the change it reports has committed.
+
+Other sessions' changes (new mail, flags, expunges, here or in another process) ring the
+session's watch on its selected mailbox (``store/notify.py``); the session then asks the
+store what changed since its modseq and tells the client when the protocol allows: after any
+command, and at once while IDLE (RFC 2177). Expunges wait while FETCH, STORE or SEARCH runs
+(RFC 3501 §7.4.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from tidings.auth import (
+    LOGIN_PASSWORD_CHALLENGE,
+    LOGIN_USERNAME_CHALLENGE,
+    Authenticator,
+    LoginRefused,
+    SaslError,
+    decode_base64,
+    decode_plain,
+    decode_utf8,
+)
+from tidings.imap import fetch as f
+from tidings.imap import parser as p
+from tidings.imap import responses as r
+from tidings.imap import search as s
+from tidings.imap.listing import Folder, list_folders, lsub_folders
+from tidings.imap.sequence import SequenceSet
+from tidings.imap.view import InvalidNumbers, MailboxView, ViewMessage
+from tidings.mime import MessageInfo, analyze
+from tidings.store import folders as fo
+from tidings.store import mailbox as mb
+from tidings.store.db import Store, describe_db_error
+from tidings.store.notify import MailboxEvents, MailboxWatch
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_COMMANDS = 50
+MAX_BUFFERED_INPUT = 256 * 1024
+TLS_HANDSHAKE_TIMEOUT = 30.0
+# FETCH and SEARCH read bodies in chunks of this many messages / bytes: memory stays bounded.
+CHUNK_MESSAGES = 200
+CHUNK_BYTES = 8 * 1024 * 1024
+# A session in IDLE looks at its mailbox at least this often even without a notice.
+IDLE_POLL = 30.0
+SASL_MECHANISMS = ("PLAIN", "LOGIN")
+
+NOT_AUTHENTICATED = "not authenticated"
+AUTHENTICATED = "authenticated"
+SELECTED = "selected"
+
+_ANY = (p.Capability, p.Noop, p.Logout, p.Id)
+_NOT_AUTH = (p.StartTLS, p.Authenticate, p.Login)
+_AUTH = (
+    p.Select, p.Create, p.Delete, p.Rename, p.Subscribe, p.Unsubscribe, p.List, p.Lsub,
+    p.Status, p.Append, p.Idle, p.Namespace, p.Enable, p.GetQuota, p.GetQuotaRoot, p.SetQuota,
+)  # fmt: skip
+_SELECTED = (p.Check, p.Close, p.Unselect, p.Expunge, p.Search, p.Fetch, p.Store, p.Copy, p.Move)
+ALLOWED: dict[str, tuple[type, ...]] = {
+    NOT_AUTHENTICATED: _ANY + _NOT_AUTH,
+    AUTHENTICATED: _ANY + _AUTH,
+    SELECTED: _ANY + _AUTH + _SELECTED,
+}
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    hostname: str
+    timeout: float = 1800.0
+    max_line: int = p.MAX_LINE
+    max_literal: int = p.MAX_LITERAL
+    max_append: int = p.MAX_APPEND
+
+
+class ImapError(Exception):
+    """A command refused: the tagged NO (or BAD) to send."""
+
+    def __init__(self, text: str, code: str | None = None, status: str = "NO") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.status = status
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class Unavailable(ImapError):
+    def __init__(self) -> None:
+        super().__init__("Temporary server failure, try again later", r.UNAVAILABLE)
+
+
+# --- the connection ------------------------------------------------------------------------------
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: bytes in through a CommandReader, bytes out with flow control.
+
+    The reader is replaced after STARTTLS, so nothing sent before the handshake can be taken
+    as a command of the protected session (RFC 3501 §6.2.1, the class of CVE-2011-0411).
+    """
+
+    def __init__(self, service: ImapService, implicit_tls: bool) -> None:
+        self.service = service
+        self.tls_active = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.reader = service.new_reader()
+        self._eof = False
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+        self._writing_paused = False
+        self.task: asyncio.Task[None] | None = None
+        self.session: Session | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "?"
+        self.session = Session(self.service, self)
+        self.task = asyncio.get_running_loop().create_task(self.session.run())
+        self.service.connections.add(self)
+        self.task.add_done_callback(lambda _: self.service.connections.discard(self))
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        if self.reader.pending_bytes > MAX_BUFFERED_INPUT and not self._reading_paused:
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._reading_paused = True
+        self._wake(self._data_waiter)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake(self._data_waiter)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._wake(self._data_waiter)
+        self._wake(self._drain_waiter)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake(self._drain_waiter)
+
+    @staticmethod
+    def _wake(waiter: asyncio.Future[None] | None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_for_data(self) -> None:
+        """Return when more input (or its end) arrives; ConnectionClosed at the end."""
+        if self._eof:
+            raise ConnectionClosed
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        self._data_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._data_waiter
+        finally:
+            self._data_waiter = None
+        if self._eof and not self.reader.pending_bytes:
+            raise ConnectionClosed
+
+    async def next_event(self) -> p.ReadEvent:
+        while True:
+            event = self.reader.next_event()
+            if not isinstance(event, p.NeedMore):
+                return event
+            await self.wait_for_data()
+
+    async def next_line(self) -> p.ReadEvent:
+        while True:
+            event = self.reader.next_line()
+            if not isinstance(event, p.NeedMore):
+                return event
+            await self.wait_for_data()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._eof and (self.transport is None or self.transport.is_closing()):
+            raise ConnectionClosed
+        while self._writing_paused and not self._eof:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+
+    async def start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        self.reader = self.service.new_reader()
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            self.transport, self, context, server_side=True,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+        )  # fmt: skip
+        if transport is None:
+            raise ConnectionClosed
+        self.transport = transport
+        self.tls_active = True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+# --- the session ---------------------------------------------------------------------------------
+
+
+class Session:
+    """One IMAP conversation, from greeting to close."""
+
+    def __init__(self, service: ImapService, conn: Connection) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.store = service.store
+        self.conn = conn
+        self.state = NOT_AUTHENTICATED
+        self.account: str | None = None
+        self.account_id = 0
+        self.enabled: set[str] = set()
+        self.view: MailboxView | None = None
+        self.watch: MailboxWatch | None = None
+        self.bad_commands = 0
+        self.done = False
+        self.out: list[bytes] = []
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    @property
+    def timeout(self) -> float:
+        """RFC 3501 §5.4: at least 30 minutes once logged in; a stranger gets a tenth."""
+        if self.state == NOT_AUTHENTICATED:
+            return self.settings.timeout / 10
+        return self.settings.timeout
+
+    async def run(self) -> None:
+        try:
+            caps = r.capability_code(self.capabilities())
+            self.send(r.untagged_status("OK", f"{self.settings.hostname} Tidings IMAP4rev1 ready",
+                                        caps))  # fmt: skip
+            await self.flush()
+            while not self.done:
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        event = await self.conn.next_event()
+                except TimeoutError:
+                    self.send(r.bye("Autologout; idle for too long"))
+                    break
+                await self.handle(event)
+                await self.flush()
+        except (ConnectionClosed, ConnectionError, ssl.SSLError, OSError) as e:
+            log.debug("imap %s: connection ended: %s", self.conn.peer, e)
+        except TimeoutError:
+            log.info("imap %s: client stopped reading; closing", self.conn.peer)
+        except Exception:
+            log.exception("imap %s: session failed", self.conn.peer)
+            with contextlib.suppress(Exception):
+                self.send(r.bye("Internal server error", r.SERVERBUG))
+                await self.flush()
+        finally:
+            self.end()
+
+    def end(self) -> None:
+        self.deselect()
+        with contextlib.suppress(Exception):
+            self.conn.write(b"".join(self.out))
+        self.out.clear()
+        self.conn.close()
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+
+    async def flush(self) -> None:
+        if self.out:
+            data = b"".join(self.out)
+            self.out.clear()
+            self.conn.write(data)
+        async with asyncio.timeout(self.timeout):
+            await self.conn.drain()
+
+    async def handle(self, event: p.ReadEvent) -> None:
+        if isinstance(event, p.SendContinuation):
+            self.send(r.continuation("Ready for literal data"))
+            return
+        if isinstance(event, p.ReadError):
+            self.bad_input(event.error)
+            return
+        if isinstance(event, p.LineReady):  # not produced by next_event; defensive
+            return
+        assert isinstance(event, p.CommandReady)
+        try:
+            request = p.parse_command(event.data)
+        except p.ParseError as e:
+            self.bad_input(e)
+            return
+        await self.dispatch(request)
+
+    def bad_input(self, error: p.ParseError) -> None:
+        reply = r.error_response(error)
+        if error.status == "BAD":
+            self.bad_commands += 1
+        self.send(reply)
+        if error.fatal or self.bad_commands >= MAX_BAD_COMMANDS:
+            self.send(r.bye("Too many errors" if not error.fatal else "Cannot go on reading"))
+            self.done = True
+
+    async def dispatch(self, request: p.Request) -> None:
+        command = request.command
+        tag = request.tag
+        name = type(command).__name__.upper()
+        if not isinstance(command, ALLOWED[self.state]):
+            self.bad_commands += 1
+            self.send(r.bad(tag, f"{name} is not valid in the {self.state} state"))
+            return
+        handler: Callable[[str, Any], Awaitable[None]] = getattr(
+            self, "do_" + type(command).__name__
+        )
+        try:
+            await handler(tag, command)
+        except ImapError as e:
+            if e.status == "BAD":
+                self.send(r.bad(tag, e.text, e.code))
+            else:
+                self.send(r.no(tag, e.text, e.code))
+        except SQLAlchemyError as e:
+            log.error("imap %s: %s: %s", self.conn.peer, name, describe_db_error(e))
+            self.send(r.no(tag, "Temporary server failure, try again later", r.UNAVAILABLE))
+
+    # --- any state ------------------------------------------------------------------------------
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"]
+        if self.state == NOT_AUTHENTICATED:
+            if self.conn.tls_active:
+                caps += [f"AUTH={m}" for m in SASL_MECHANISMS]
+            else:
+                if self.service.tls is not None:
+                    caps.append("STARTTLS")
+                caps.append("LOGINDISABLED")
+            return caps
+        return [
+            *caps,
+            "UIDPLUS", "MOVE", "UNSELECT", "CHILDREN", "LIST-EXTENDED", "LIST-STATUS",
+            "SPECIAL-USE", "CREATE-SPECIAL-USE", "CONDSTORE", "QRESYNC", "ESEARCH",
+            "QUOTA", "QUOTA=RES-STORAGE", f"APPENDLIMIT={self.settings.max_append}",
+            "STATUS=SIZE",
+        ]  # fmt: skip
+
+    async def do_Capability(self, tag: str, _: p.Capability) -> None:
+        self.send(r.capability(self.capabilities()))
+        self.send(r.ok(tag, "CAPABILITY completed"))
+
+    async def do_Noop(self, tag: str, _: p.Noop) -> None:
+        await self.refresh(expunges=True)
+        self.send(r.ok(tag, "NOOP completed"))
+
+    async def do_Logout(self, tag: str, _: p.Logout) -> None:
+        self.send(r.bye(f"{self.settings.hostname} Tidings IMAP4rev1 logging out"))
+        self.send(r.ok(tag, "LOGOUT completed"))
+        self.done = True
+
+    async def do_Id(self, tag: str, _: p.Id) -> None:
+        self.send(r.id_((("name", "Tidings"), ("vendor", "Tidings"))))
+        self.send(r.ok(tag, "ID completed"))
+
+    # --- not authenticated ----------------------------------------------------------------------
+
+    async def do_StartTLS(self, tag: str, _: p.StartTLS) -> None:
+        if self.conn.tls_active:
+            raise ImapError("TLS is already active", status="BAD")
+        if self.service.tls is None:
+            raise ImapError("TLS is not available")
+        if self.conn.reader.buffered:
+            # RFC 3501 §6.2.1: nothing may follow STARTTLS before the handshake.
+            raise ImapError("Commands sent after STARTTLS before the handshake", status="BAD")
+        self.send(r.ok(tag, "Begin TLS negotiation now"))
+        await self.flush()
+        await self.conn.start_tls(self.service.tls)
+
+    def need_tls(self) -> None:
+        if not self.conn.tls_active:
+            raise ImapError("Use STARTTLS before logging in", r.PRIVACYREQUIRED)
+
+    async def do_Login(self, tag: str, command: p.Login) -> None:
+        self.need_tls()
+        await self.login(tag, command.username, command.password)
+
+    async def do_Authenticate(self, tag: str, command: p.Authenticate) -> None:
+        self.need_tls()
+        mechanism = command.mechanism.upper()
+        try:
+            if mechanism == "PLAIN":
+                response = await self.sasl_step("", command.initial_response)
+                user, password = decode_plain(response)
+            elif mechanism == "LOGIN":
+                name = await self.sasl_step(LOGIN_USERNAME_CHALLENGE, command.initial_response)
+                secret = await self.sasl_step(LOGIN_PASSWORD_CHALLENGE, None)
+                user = decode_utf8(name, "User name")
+                password = decode_utf8(secret, "Password")
+            else:
+                raise ImapError("Unsupported authentication mechanism", r.CANNOT)
+        except SaslError as e:
+            raise ImapError(str(e), status="BAD") from None
+        await self.login(tag, user, password)
+
+    async def sasl_step(self, challenge: str, initial: str | None) -> bytes:
+        """One challenge and its response (RFC 3501 §6.2.2; RFC 4959 initial response)."""
+        if initial is not None:
+            return b"" if initial == "=" else decode_base64(initial)
+        self.send(f"+ {challenge}\r\n".encode())
+        await self.flush()
+        async with asyncio.timeout(self.timeout):
+            event = await self.conn.next_line()
+        if isinstance(event, p.ReadError):
+            raise SaslError("Line too long")
+        assert isinstance(event, p.LineReady)
+        text = event.line.decode("ascii", errors="replace").strip()
+        if text == "*":
+            raise SaslError("Authentication cancelled")
+        return decode_base64(text)
+
+    async def login(self, tag: str, user: str, password: str) -> None:
+        try:
+            address = await self.service.authenticator.login(self.conn.peer, user, password, "imap")
+        except LoginRefused as e:
+            code = r.UNAVAILABLE if e.temporary else r.AUTHENTICATIONFAILED
+            raise ImapError(str(e), code) from None
+        async with self.store.read() as db:
+            account_id = await fo.account_id_of(db, address)
+        if account_id is None:
+            raise ImapError("Authentication failed", r.AUTHENTICATIONFAILED)
+        self.account, self.account_id = address, account_id
+        self.state = AUTHENTICATED
+        log.info("imap %s: %s logged in", self.conn.peer, address)
+        self.send(r.ok(tag, "Logged in", r.capability_code(self.capabilities())))
+
+    # --- authenticated: mailboxes ---------------------------------------------------------------
+
+    async def folder(self, name: str, *, trycreate: bool = False) -> fo.FolderInfo:
+        async with self.store.read() as db:
+            found = await fo.get_folder(db, self.account_id, name)
+        if found is None:
+            raise ImapError("No such mailbox", r.TRYCREATE if trycreate else r.NONEXISTENT)
+        return found
+
+    async def do_Select(self, tag: str, command: p.Select) -> None:
+        if command.qresync is not None and "QRESYNC" not in self.enabled:
+            raise ImapError("QRESYNC must be enabled first", status="BAD")
+        was_selected = self.view is not None
+        self.deselect()
+        if was_selected and "QRESYNC" in self.enabled:
+            self.send(r.untagged_status("OK", "Previous mailbox closed", r.CLOSED))
+        self.state = AUTHENTICATED
+        if command.condstore:
+            self.enabled.add("CONDSTORE")
+        read_only = command.read_only
+        async with self.store.write() as db:
+            folder = await fo.get_folder(db, self.account_id, command.mailbox)
+            if folder is None:
+                raise ImapError("No such mailbox", r.NONEXISTENT)
+            recent_from = folder.recent_uid if read_only else await mb.claim_recent(db, folder.id)
+            rows = await mb.message_rows(db, folder.id)
+            marks = await mb.mailbox_marks(db, folder.id)
+        assert marks is not None
+        highestmodseq, uidnext, _ = marks
+        view = MailboxView(
+            folder.id, folder.name, folder.uidvalidity, read_only, highestmodseq, uidnext,
+            [ViewMessage.of(row) for row in rows],
+        )  # fmt: skip
+        view.recent = {m.uid for m in view.messages if m.uid >= recent_from}
+        self.view = view
+        self.watch = self.service.events.watch(folder.id)
+        self.state = SELECTED
+        for line in view.flag_responses():
+            self.send(line)
+        self.send(r.exists(view.exists))
+        self.send(r.recent(len(view.recent)))
+        unseen = view.first_unseen()
+        if unseen is not None:
+            self.send(r.untagged_status("OK", "First unseen", r.unseen_code(unseen)))
+        self.send(r.untagged_status("OK", "UIDs valid", r.uidvalidity_code(view.uidvalidity)))
+        self.send(r.untagged_status("OK", "Predicted next UID", r.uidnext_code(uidnext)))
+        self.send(r.untagged_status("OK", "Highest", r.highestmodseq_code(highestmodseq)))
+        if command.qresync is not None:
+            await self.qresync(command.qresync)
+        code = r.READ_ONLY if read_only else r.READ_WRITE
+        self.send(r.ok(tag, "EXAMINE completed" if read_only else "SELECT completed", code))
+
+    async def qresync(self, q: p.QResync) -> None:
+        """RFC 7162 §3.2.5.1: what changed since the client's last known modseq."""
+        view = self.view
+        assert view is not None
+        if q.uidvalidity != view.uidvalidity:
+            return
+        async with self.store.read() as db:
+            gone = await mb.expunged_since(db, view.mailbox_id, q.modseq)
+        if q.known_uids is not None:
+            known = q.known_uids
+            top = max([u for u in gone] + [view.largest_uid, 1])
+            gone = [u for u in gone if known.contains(u, top)]
+        if gone:
+            self.send(r.vanished(gone, earlier=True))
+        for seq, m in view.numbered():
+            if m.modseq > q.modseq:
+                self.send(view.flag_fetch(seq, m, with_modseq=True))
+
+    def deselect(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
+        self.view = None
+        if self.state == SELECTED:
+            self.state = AUTHENTICATED
+
+    async def do_Create(self, tag: str, command: p.Create) -> None:
+        if command.mailbox.upper() == "INBOX":
+            raise ImapError("INBOX always exists", r.ALREADYEXISTS)
+        if len(command.use) > 1:
+            raise ImapError("Only one special use per mailbox", "USEATTR")
+        async with self.store.write() as db:
+            try:
+                await fo.create_folder(db, self.account_id, command.mailbox,
+                                       command.use[0] if command.use else None)  # fmt: skip
+            except fo.FolderError as e:
+                raise ImapError(str(e), e.code) from None
+        self.send(r.ok(tag, "CREATE completed"))
+
+    async def do_Delete(self, tag: str, command: p.Delete) -> None:
+        async with self.store.write() as db:
+            folder = await fo.get_folder(db, self.account_id, command.mailbox)
+            try:
+                await fo.delete_folder(db, self.account_id, command.mailbox)
+            except fo.FolderError as e:
+                raise ImapError(str(e), e.code) from None
+        if folder is not None:
+            self.service.events.changed([folder.id])
+        self.send(r.ok(tag, "DELETE completed"))
+
+    async def do_Rename(self, tag: str, command: p.Rename) -> None:
+        async with self.store.write() as db:
+            try:
+                await fo.rename_folder(db, self.account_id, command.old, command.new)
+            except fo.FolderError as e:
+                raise ImapError(str(e), e.code) from None
+            inbox = await fo.get_folder(db, self.account_id, "INBOX")
+        if command.old == "INBOX" and inbox is not None:
+            self.service.events.changed([inbox.id])
+        self.send(r.ok(tag, "RENAME completed"))
+
+    async def do_Subscribe(self, tag: str, command: p.Subscribe) -> None:
+        await self.subscribe(command.mailbox, True)
+        self.send(r.ok(tag, "SUBSCRIBE completed"))
+
+    async def do_Unsubscribe(self, tag: str, command: p.Unsubscribe) -> None:
+        await self.subscribe(command.mailbox, False)
+        self.send(r.ok(tag, "UNSUBSCRIBE completed"))
+
+    async def subscribe(self, name: str, on: bool) -> None:
+        async with self.store.write() as db:
+            try:
+                await fo.set_subscribed(db, self.account_id, name, on)
+            except fo.FolderError as e:
+                raise ImapError(str(e), e.code) from None
+
+    async def do_List(self, tag: str, command: p.List) -> None:
+        if not command.extended and command.patterns == ("",):
+            # RFC 3501 §6.3.8: the hierarchy delimiter and root.
+            self.send(r.list_(("\\Noselect",), "/", ""))
+            self.send(r.ok(tag, "LIST completed"))
+            return
+        async with self.store.read() as db:
+            folders = await fo.list_folders(db, self.account_id)
+        listed = list_folders(
+            [Folder(x.name, x.special_use, x.subscribed) for x in folders],
+            command.reference,
+            command.patterns,
+            subscribed_only="SUBSCRIBED" in command.selection,
+            special_use_only="SPECIAL-USE" in command.selection,
+            recursive_match="RECURSIVEMATCH" in command.selection,
+            return_subscribed="SUBSCRIBED" in command.returns,
+            extended=command.extended,
+        )
+        by_name = {x.name: x for x in folders}
+        for item in listed:
+            extra: list[tuple[str, r.Value]] = []
+            if item.child_info:
+                extra.append(("CHILDINFO", ["SUBSCRIBED"]))
+            self.send(r.list_(item.attributes, "/", item.name, extra))
+            if command.status_items and item.exists:
+                await self.status_response(by_name[item.name], command.status_items)
+        self.send(r.ok(tag, "LIST completed"))
+
+    async def do_Lsub(self, tag: str, command: p.Lsub) -> None:
+        async with self.store.read() as db:
+            folders = await fo.list_folders(db, self.account_id)
+        for item in lsub_folders(
+            [Folder(x.name, x.special_use, x.subscribed) for x in folders],
+            command.reference,
+            command.pattern,
+        ):
+            self.send(r.lsub(item.attributes, "/", item.name))
+        self.send(r.ok(tag, "LSUB completed"))
+
+    async def do_Status(self, tag: str, command: p.Status) -> None:
+        folder = await self.folder(command.mailbox)
+        await self.status_response(folder, command.items)
+        self.send(r.ok(tag, "STATUS completed"))
+
+    async def status_response(self, folder: fo.FolderInfo, items: Sequence[str]) -> None:
+        async with self.store.read() as db:
+            st = await fo.folder_status(db, folder.id)
+        values = {
+            "MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen,
+            "HIGHESTMODSEQ": st.highestmodseq, "SIZE": st.size, "DELETED": st.deleted,
+            "APPENDLIMIT": self.settings.max_append,
+        }  # fmt: skip
+        self.send(r.status(folder.name, [(item, values[item]) for item in items]))
+
+    async def do_Append(self, tag: str, command: p.Append) -> None:
+        if len(command.message) > self.settings.max_append:
+            raise ImapError("Message too big", r.TOOBIG)
+        if not command.message:
+            raise ImapError("Empty message", status="BAD")
+        folder = await self.folder(command.mailbox, trycreate=True)
+        info = await asyncio.to_thread(analyze, command.message)
+        when = command.internal_date or datetime.now(UTC)
+        async with self.store.write() as db:
+            try:
+                uidvalidity, uid = await mb.append_message(
+                    db, folder.id, command.message, command.flags, when, info.to_json()
+                )
+            except fo.FolderError as e:
+                raise ImapError(str(e), e.code) from None
+        self.service.events.changed([folder.id])
+        await self.refresh(expunges=True)
+        self.send(r.ok(tag, "APPEND completed", r.appenduid_code(uidvalidity, uid)))
+
+    async def do_Idle(self, tag: str, _: p.Idle) -> None:
+        """RFC 2177: tell the client of changes as they happen until it sends DONE."""
+        self.send(r.continuation("idling"))
+        await self.refresh(expunges=True)
+        await self.flush()
+        deadline = asyncio.get_running_loop().time() + self.timeout
+        while True:
+            event = self.conn.reader.next_line()
+            if isinstance(event, p.LineReady):
+                if event.line.strip().upper() == b"DONE":
+                    self.send(r.ok(tag, "IDLE terminated"))
+                else:
+                    self.send(r.bad(tag, "Expected DONE"))
+                return
+            if isinstance(event, p.ReadError):
+                self.send(r.bad(tag, "Line too long"))
+                return
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                self.send(r.bye("Autologout; idle for too long"))
+                self.done = True
+                return
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.conn.wait_for_data())]
+            if self.watch is not None:
+                waiters.append(asyncio.ensure_future(self.watch.wait()))
+            try:
+                done, _pending = await asyncio.wait(
+                    waiters, timeout=min(left, IDLE_POLL), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waiters:
+                    if not w.done():
+                        w.cancel()
+            for w in done:
+                w.result()  # ConnectionClosed ends the session
+            if self.view is not None:
+                await self.refresh(expunges=True)
+                if self.done:
+                    return
+                await self.flush()
+
+    async def do_Namespace(self, tag: str, _: p.Namespace) -> None:
+        self.send(r.namespace((("", "/"),)))
+        self.send(r.ok(tag, "NAMESPACE completed"))
+
+    async def do_Enable(self, tag: str, command: p.Enable) -> None:
+        """RFC 5161; QRESYNC implies CONDSTORE (RFC 7162 §3.2.3)."""
+        newly: list[str] = []
+        for name in command.capabilities:
+            wanted = ["CONDSTORE", "QRESYNC"] if name == "QRESYNC" else [name]
+            for cap in wanted:
+                if cap in ("CONDSTORE", "QRESYNC") and cap not in self.enabled:
+                    self.enabled.add(cap)
+                    newly.append(cap)
+        self.send(r.enabled(newly))
+        self.send(r.ok(tag, "ENABLE completed"))
+
+    async def quota(self) -> tuple[int, int]:
+        async with self.store.read() as db:
+            return await fo.quota_usage(db, self.account_id)
+
+    async def do_GetQuota(self, tag: str, command: p.GetQuota) -> None:
+        used, limit = await self.quota()
+        if command.root != "" or not limit:
+            raise ImapError("No such quota root", r.NONEXISTENT)
+        self.send(r.quota("", [("STORAGE", used // 1024, limit // 1024)]))
+        self.send(r.ok(tag, "GETQUOTA completed"))
+
+    async def do_GetQuotaRoot(self, tag: str, command: p.GetQuotaRoot) -> None:
+        folder = await self.folder(command.mailbox)
+        used, limit = await self.quota()
+        self.send(r.quotaroot(folder.name, [""] if limit else []))
+        if limit:
+            self.send(r.quota("", [("STORAGE", used // 1024, limit // 1024)]))
+        self.send(r.ok(tag, "GETQUOTAROOT completed"))
+
+    async def do_SetQuota(self, tag: str, _: p.SetQuota) -> None:
+        raise ImapError("Quotas are set by the administrator", r.NOPERM)
+
+    # --- selected -------------------------------------------------------------------------------
+
+    @property
+    def selected(self) -> MailboxView:
+        assert self.view is not None
+        return self.view
+
+    def writable(self) -> MailboxView:
+        view = self.selected
+        if view.read_only:
+            raise ImapError("Mailbox is read-only (EXAMINE)", r.READ_ONLY)
+        return view
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
+
+    async def refresh(self, *, expunges: bool) -> None:
+        """Tell the client what changed in its mailbox since the view's modseq.
+
+        Without ``expunges`` (during FETCH, STORE, SEARCH: RFC 3501 §7.4.1) nothing is told
+        if anything was expunged; the next command that may tell it does.
+        """
+        view = self.view
+        if view is None:
+            return
+        if self.watch is not None:
+            self.watch.clear()
+        async with self.store.write() as db:
+            marks = await mb.mailbox_marks(db, view.mailbox_id)
+            if marks is None:
+                self.send(r.bye("The selected mailbox was deleted"))
+                self.done = True
+                return
+            highestmodseq = marks[0]
+            if highestmodseq <= view.modseq:
+                return
+            gone = await mb.expunged_since(db, view.mailbox_id, view.modseq)
+            if gone and not expunges and any(view.seq_of(u) for u in gone):
+                return
+            changed = await mb.changed_since(db, view.mailbox_id, view.modseq)
+            recent_from: int | None = None
+            if any(row.uid > view.largest_uid for row in changed):
+                if view.read_only:
+                    async with self.store.read() as rdb:
+                        folder = await fo.get_folder(rdb, self.account_id, view.name)
+                    recent_from = folder.recent_uid if folder is not None else None
+                else:
+                    recent_from = await mb.claim_recent(db, view.mailbox_id)
+        for line in view.apply(
+            changed,
+            gone,
+            highestmodseq,
+            recent_from=recent_from,
+            vanished="QRESYNC" in self.enabled,
+            with_modseq=self.condstore,
+        ):
+            self.send(line)
+
+    async def do_Check(self, tag: str, _: p.Check) -> None:
+        await self.refresh(expunges=True)
+        self.send(r.ok(tag, "CHECK completed"))
+
+    async def do_Close(self, tag: str, _: p.Close) -> None:
+        view = self.selected
+        if not view.read_only:
+            await self.expunge(view, None, silent=True)
+        self.deselect()
+        self.send(r.ok(tag, "CLOSE completed"))
+
+    async def do_Unselect(self, tag: str, _: p.Unselect) -> None:
+        self.deselect()
+        self.send(r.ok(tag, "UNSELECT completed"))
+
+    async def do_Expunge(self, tag: str, command: p.Expunge) -> None:
+        view = self.writable()
+        await self.expunge(view, command.uids, silent=False)
+        code = r.highestmodseq_code(view.modseq) if self.condstore else None
+        self.send(r.ok(tag, "EXPUNGE completed", code))
+
+    async def expunge(self, view: MailboxView, uids: SequenceSet | None, *, silent: bool) -> None:
+        await self.refresh(expunges=True)
+        targets = view.messages if uids is None else [m for _, m in view.select(uids, uid=True)]
+        ids = [m.id for m in targets if m.has("\\Deleted")]
+        if ids:
+            async with self.store.write() as db:
+                await mb.expunge_messages(db, view.mailbox_id, ids)
+            self.service.events.changed([view.mailbox_id])
+        if silent:
+            return
+        await self.refresh(expunges=True)
+
+    def numbers(self, numbers: SequenceSet, uid: bool) -> list[tuple[int, ViewMessage]]:
+        try:
+            return self.selected.select(numbers, uid=uid)
+        except InvalidNumbers as e:
+            raise ImapError(str(e), status="BAD") from None
+
+    async def do_Fetch(self, tag: str, command: p.Fetch) -> None:
+        await self.refresh(expunges=command.uid)
+        view = self.selected
+        if command.vanished and not (command.uid and "QRESYNC" in self.enabled):
+            raise ImapError("VANISHED needs UID FETCH with QRESYNC enabled", status="BAD")
+        if command.changed_since is not None or any(
+            isinstance(a, p.FetchItem) and a.name == "MODSEQ" for a in command.attributes
+        ):
+            self.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+        chosen = self.numbers(command.sequence_set, command.uid)
+        if command.changed_since is not None:
+            since = command.changed_since
+            if command.vanished:
+                async with self.store.read() as db:
+                    gone = await mb.expunged_since(db, view.mailbox_id, since)
+                top = max([*gone, view.largest_uid, 1])
+                gone = [u for u in gone if command.sequence_set.contains(u, top)]
+                if gone:
+                    self.send(r.vanished(gone, earlier=True))
+            chosen = [(seq, m) for seq, m in chosen if m.modseq > since]
+        seen_set: set[int] = set()
+        if command.sets_seen and not view.read_only:
+            unseen = [m.id for _, m in chosen if not m.has("\\Seen")]
+            if unseen:
+                async with self.store.write() as db:
+                    changes, _ = await mb.store_flags(db, view.mailbox_id, unseen, "add",
+                                                      ["\\Seen"])  # fmt: skip
+                for c in changes:
+                    view.update_flags(c.uid, c.flags, c.modseq)
+                    seen_set.add(c.uid)
+                if changes:
+                    self.service.events.changed([view.mailbox_id])
+        attributes = command.attributes
+        want_info = f.needs_info(attributes)
+        want_raw = f.needs_raw(attributes)
+        add_modseq = self.condstore and (
+            command.changed_since is not None
+            or any(isinstance(a, p.FetchItem) and a.name == "MODSEQ" for a in attributes)
+        )
+        for chunk in self.chunks(chosen, want_raw):
+            infos, raws = await self.load(chunk, want_info, want_raw)
+            for seq, m in chunk:
+                if (want_raw and m.blob_id not in raws) or (want_info and m.blob_id not in infos):
+                    continue  # expunged by another session meanwhile
+                message = f.FetchMessage(
+                    seq, m.uid, m.flags, m.uid in view.recent, m.internaldate, m.size,
+                    m.modseq, infos.get(m.blob_id), raws.get(m.blob_id),
+                )  # fmt: skip
+                items = f.fetch_items(
+                    attributes, message, add_uid=command.uid, add_modseq=add_modseq,
+                    add_flags=m.uid in seen_set,
+                )  # fmt: skip
+                self.send(r.fetch(seq, items))
+            await self.flush()
+        self.send(r.ok(tag, "UID FETCH completed" if command.uid else "FETCH completed"))
+
+    def chunks(
+        self, chosen: list[tuple[int, ViewMessage]], by_size: bool
+    ) -> list[list[tuple[int, ViewMessage]]]:
+        out: list[list[tuple[int, ViewMessage]]] = []
+        current: list[tuple[int, ViewMessage]] = []
+        size = 0
+        for pair in chosen:
+            if current and (
+                len(current) >= CHUNK_MESSAGES or (by_size and size + pair[1].size > CHUNK_BYTES)
+            ):
+                out.append(current)
+                current, size = [], 0
+            current.append(pair)
+            size += pair[1].size
+        if current:
+            out.append(current)
+        return out
+
+    async def load(
+        self, chunk: Sequence[tuple[int, ViewMessage]], want_info: bool, want_raw: bool
+    ) -> tuple[dict[int, MessageInfo], dict[int, bytes]]:
+        """The analyses and bytes of a chunk's messages, by blob id; a missing analysis is
+        computed from the bytes (off the event loop)."""
+        blob_ids = sorted({m.blob_id for _, m in chunk})
+        raws: dict[int, bytes] = {}
+        infos: dict[int, MessageInfo] = {}
+        if not (want_info or want_raw):
+            return infos, raws
+        async with self.store.read() as db:
+            structures = await mb.load_structures(db, blob_ids) if want_info else {}
+            missing = [b for b, text in structures.items() if text is None]
+            if want_raw or missing:
+                raws = await mb.load_blobs(db, blob_ids if want_raw else missing)
+        if want_info:
+            infos = await asyncio.to_thread(_decode_structures, structures, raws)
+        return infos, raws
+
+    async def do_Store(self, tag: str, command: p.Store) -> None:
+        await self.refresh(expunges=command.uid)
+        view = self.writable()
+        if command.unchanged_since is not None:
+            self.enabled.add("CONDSTORE")
+        chosen = self.numbers(command.sequence_set, command.uid)
+        ids = [m.id for _, m in chosen]
+        failed: list[int] = []
+        keywords = len(view.keywords)
+        if ids:
+            async with self.store.write() as db:
+                changes, failed = await mb.store_flags(
+                    db, view.mailbox_id, ids, command.mode, command.flags, command.unchanged_since
+                )
+            if changes:
+                self.service.events.changed([view.mailbox_id])
+        else:
+            changes = []
+        changed_uids = set()
+        for c in changes:
+            view.update_flags(c.uid, c.flags, c.modseq)
+            changed_uids.add(c.uid)
+        if len(view.keywords) != keywords:
+            for line in view.flag_responses():
+                self.send(line)
+        failed_ids = set(failed)
+        for seq, m in chosen:
+            if m.id in failed_ids:
+                continue
+            # RFC 7162 §3.1.3: with UNCHANGEDSINCE, a FETCH even under .SILENT for changes.
+            if command.silent and not (self.condstore and m.uid in changed_uids
+                                       and command.unchanged_since is not None):  # fmt: skip
+                continue
+            items: list[tuple[str, r.Value]] = []
+            if command.uid:
+                items.append(("UID", m.uid))
+            items.append(("FLAGS", r.Raw(r.flag_list(view.flags_of(m)))))
+            if self.condstore:
+                items.append(("MODSEQ", r.Raw(b"(%d)" % m.modseq)))
+            self.send(r.fetch(seq, items))
+        code = None
+        if failed:
+            by_id = {m.id: (seq, m.uid) for seq, m in chosen}
+            numbers = [by_id[i][1] if command.uid else by_id[i][0] for i in failed if i in by_id]
+            code = r.modified_code(numbers)
+        self.send(r.ok(tag, "STORE completed", code))
+
+    async def do_Copy(self, tag: str, command: p.Copy) -> None:
+        await self.transfer(tag, command.sequence_set, command.mailbox, command.uid, move=False)
+
+    async def do_Move(self, tag: str, command: p.Move) -> None:
+        await self.transfer(tag, command.sequence_set, command.mailbox, command.uid, move=True)
+
+    async def transfer(
+        self, tag: str, numbers: SequenceSet, mailbox: str, uid: bool, *, move: bool
+    ) -> None:
+        """COPY (RFC 3501 §6.4.7) and MOVE (RFC 6851), with RFC 4315 COPYUID."""
+        await self.refresh(expunges=uid)
+        view = self.writable() if move else self.selected
+        chosen = self.numbers(numbers, uid)
+        target = await self.folder(mailbox, trycreate=True)
+        ids = [m.id for _, m in chosen]
+        pairs: list[tuple[int, int]] = []
+        if ids:
+            async with self.store.write() as db:
+                try:
+                    if move:
+                        pairs = await mb.move_messages(db, view.mailbox_id, ids, target.id)
+                    else:
+                        pairs = await mb.copy_messages(db, view.mailbox_id, ids, target.id)
+                except fo.FolderError as e:
+                    raise ImapError(str(e), e.code) from None
+            self.service.events.changed({target.id, view.mailbox_id})
+        name = ("UID " if uid else "") + ("MOVE" if move else "COPY")
+        code = r.copyuid_code(target.uidvalidity, pairs) if pairs else None
+        if move:
+            if code is not None:
+                self.send(r.untagged_status("OK", "Moved", code))
+            await self.refresh(expunges=True)
+            self.send(r.ok(tag, f"{name} completed"))
+        else:
+            await self.refresh(expunges=uid)
+            self.send(r.ok(tag, f"{name} completed", code))
+
+    async def do_Search(self, tag: str, command: p.Search) -> None:
+        await self.refresh(expunges=command.uid)
+        view = self.selected
+        if command.uses_modseq:
+            self.enabled.add("CONDSTORE")
+        key = command.key
+        want_info = s.needs_info(key)
+        want_raw = s.needs_raw(key)
+        largest_seq, largest_uid = view.exists, view.largest_uid
+        found: list[ViewMessage] = []
+        found_seqs: list[int] = []
+        for chunk in self.chunks(list(view.numbered()), want_raw):
+            infos, raws = await self.load(chunk, want_info, want_raw)
+            batch: list[tuple[s.SearchMessage, ViewMessage]] = []
+            for seq, m in chunk:
+                info, raw = infos.get(m.blob_id), raws.get(m.blob_id)
+                if (want_info and info is None) or (want_raw and raw is None):
+                    continue  # expunged by another session meanwhile
+                flags = frozenset(view.flags_of(m))
+                batch.append((s.SearchMessage(seq, m.uid, flags, m.internaldate, m.size,
+                                              m.modseq, info, raw), m))  # fmt: skip
+            limits = (largest_seq, largest_uid)
+            if want_info or want_raw:
+                hits = await asyncio.to_thread(_matching, key, batch, limits)
+            else:
+                hits = _matching(key, batch, limits)
+            for msg, m in hits:
+                found.append(m)
+                found_seqs.append(msg.seq)
+        numbers = [m.uid for m in found] if command.uid else found_seqs
+        modseq = max((m.modseq for m in found), default=None) if command.uses_modseq else None
+        if command.returns is None:
+            self.send(r.search(numbers, modseq))
+        else:
+            returns = command.returns or ("ALL",)
+            self.send(r.esearch(tag, numbers, returns, uid=command.uid, modseq=modseq))
+        self.send(r.ok(tag, "UID SEARCH completed" if command.uid else "SEARCH completed"))
+
+
+def _matching(
+    key: p.SearchKey,
+    batch: list[tuple[s.SearchMessage, ViewMessage]],
+    limits: tuple[int, int],
+) -> list[tuple[s.SearchMessage, ViewMessage]]:
+    largest_seq, largest_uid = limits
+    return [
+        pair
+        for pair in batch
+        if s.matches(key, pair[0], largest_seq=largest_seq, largest_uid=largest_uid)
+    ]
+
+
+def _decode_structures(
+    structures: dict[int, str | None], raws: dict[int, bytes]
+) -> dict[int, MessageInfo]:
+    infos: dict[int, MessageInfo] = {}
+    for blob_id, text in structures.items():
+        if text is not None:
+            try:
+                infos[blob_id] = MessageInfo.from_json(text)
+                continue
+            except ValueError:
+                pass
+        raw = raws.get(blob_id)
+        if raw is not None:
+            infos[blob_id] = analyze(raw)
+    return infos
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class ImapService:
+    """What IMAP listeners share: store, settings, TLS, the login check, mailbox notices."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: ImapSettings,
+        authenticator: Authenticator,
+        tls: ssl.SSLContext | None,
+        events: MailboxEvents,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.authenticator = authenticator
+        self.tls = tls
+        self.events = events
+        self.connections: set[Connection] = set()
+
+    def new_reader(self) -> p.CommandReader:
+        return p.CommandReader(
+            max_line=self.settings.max_line,
+            max_literal=self.settings.max_literal,
+            max_append=self.settings.max_append,
+        )
+
+    def protocol_factory(self, implicit_tls: bool) -> Callable[[], asyncio.Protocol]:
+        return lambda: Connection(self, implicit_tls)
+
+    async def close(self) -> None:
+        """Tell every client the server is going away, and drop the connections."""
+        tasks = [c.task for c in self.connections if c.task is not None]
+        for c in list(self.connections):
+            c.write(r.bye("Server shutting down"))
+            c.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

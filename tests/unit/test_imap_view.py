@@ -1,0 +1,122 @@
+"""The selected-mailbox view (sequence numbers, changes told once) and LIST matching."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tidings.imap.listing import Folder, list_folders, lsub_folders, pattern_regex
+from tidings.imap.sequence import parse_sequence_set
+from tidings.imap.view import InvalidNumbers, MailboxView, ViewMessage
+from tidings.store.mailbox import MessageRow
+
+WHEN = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def row(uid: int, flags: str = "", modseq: int | None = None) -> MessageRow:
+    return MessageRow(uid * 10, uid, modseq or uid, flags, 100, WHEN, uid * 10)
+
+
+def view(*uids: int, read_only: bool = False) -> MailboxView:
+    return MailboxView(1, "INBOX", 7, read_only, max(uids, default=1), max(uids, default=0) + 1,
+                       [ViewMessage.of(row(u)) for u in uids])  # fmt: skip
+
+
+def test_sequence_sets_and_uid_sets() -> None:
+    v = view(3, 5, 9)
+    assert [s for s, _ in v.select(parse_sequence_set("2:*"), uid=False)] == [2, 3]
+    assert [m.uid for _, m in v.select(parse_sequence_set("4:100"), uid=True)] == [5, 9]
+    # RFC 3501 §6.4.8: "n:*" names the largest UID even when it is below n.
+    assert [m.uid for _, m in v.select(parse_sequence_set("20:*"), uid=True)] == [9]
+    assert v.select(parse_sequence_set("1,1,1"), uid=False) == v.select(
+        parse_sequence_set("1"), uid=False
+    )
+    with pytest.raises(InvalidNumbers):
+        v.select(parse_sequence_set("4"), uid=False)
+    assert view().select(parse_sequence_set("1:*"), uid=False) == []
+
+
+def test_expunges_are_told_highest_first_and_new_mail_after() -> None:
+    v = view(1, 2, 3, 4)
+    out = v.apply([row(5, modseq=9)], [2, 3, 77], 9, recent_from=5, vanished=False,
+                  with_modseq=False)  # fmt: skip
+    assert out == [b"* 3 EXPUNGE\r\n", b"* 2 EXPUNGE\r\n", b"* 3 EXISTS\r\n", b"* 1 RECENT\r\n"]
+    assert v.uids == [1, 4, 5] and v.modseq == 9 and v.uidnext == 6
+
+
+def test_vanished_under_qresync() -> None:
+    v = view(1, 2, 3)
+    out = v.apply([], [1, 3], 5, recent_from=None, vanished=True, with_modseq=True)
+    assert out == [b"* VANISHED 1,3\r\n"]
+    assert v.uids == [2]
+
+
+def test_own_changes_are_not_told_twice() -> None:
+    v = view(1, 2)
+    v.update_flags(2, "\\Seen", 5)
+    assert v.apply([row(2, "\\Seen", 5)], [], 5, recent_from=None, vanished=False,
+                   with_modseq=False) == []  # fmt: skip
+    out = v.apply([row(1, "\\Flagged $Work", 6)], [], 6, recent_from=None, vanished=False,
+                  with_modseq=True)  # fmt: skip
+    assert out[0].startswith(b"* FLAGS (")  # a new keyword is announced first
+    assert b"$Work" in out[0]
+    assert out[-1] == b"* 1 FETCH (UID 1 FLAGS (\\Flagged $Work) MODSEQ (6))\r\n"
+
+
+def test_recent_flag_is_shown() -> None:
+    v = view(1)
+    v.recent.add(1)
+    assert v.flags_of(v.messages[0]) == ("\\Recent",)
+
+
+FOLDERS = [
+    Folder("INBOX", None, True),
+    Folder("Sent", "\\Sent", True),
+    Folder("Projects/2026/Q4", None, False),
+    Folder("Projects/Old", None, True),
+]
+
+
+def names(listed: list) -> list[str]:  # type: ignore[type-arg]
+    return [x.name for x in listed]
+
+
+def test_list_wildcards_and_implied_parents() -> None:
+    assert names(list_folders(FOLDERS, "", ["*"])) == [
+        "INBOX", "Projects", "Projects/2026", "Projects/2026/Q4", "Projects/Old", "Sent",
+    ]  # fmt: skip
+    top = list_folders(FOLDERS, "", ["%"])
+    assert names(top) == ["INBOX", "Projects", "Sent"]
+    projects = next(x for x in top if x.name == "Projects")
+    assert projects.attributes == ("\\Noselect", "\\HasChildren")
+    assert list_folders(FOLDERS, "", ["%"], extended=True)[1].attributes[0] == "\\NonExistent"
+    assert names(list_folders(FOLDERS, "Projects/", ["%"])) == ["Projects/2026", "Projects/Old"]
+    assert names(list_folders(FOLDERS, "", ["inbox"])) == ["INBOX"]
+    sent = list_folders(FOLDERS, "", ["Sent"])[0]
+    assert sent.attributes == ("\\HasNoChildren", "\\Sent")
+
+
+def test_list_selection_options() -> None:
+    subscribed = list_folders(FOLDERS, "", ["*"], subscribed_only=True, return_subscribed=True)
+    assert names(subscribed) == ["INBOX", "Projects/Old", "Sent"]
+    recursive = list_folders(FOLDERS, "", ["%"], subscribed_only=True, recursive_match=True,
+                             return_subscribed=True)  # fmt: skip
+    assert [(x.name, x.child_info) for x in recursive] == [
+        ("INBOX", False), ("Projects", True), ("Sent", False),
+    ]  # fmt: skip
+    assert names(list_folders(FOLDERS, "", ["*"], special_use_only=True)) == ["Sent"]
+
+
+def test_lsub() -> None:
+    assert names(lsub_folders(FOLDERS, "", "*")) == ["INBOX", "Projects/Old", "Sent"]
+    top = lsub_folders(FOLDERS, "", "%")
+    assert [(x.name, x.attributes) for x in top] == [
+        ("INBOX", ()), ("Projects", ("\\Noselect",)), ("Sent", ()),
+    ]  # fmt: skip
+
+
+def test_pattern_special_characters_are_literal() -> None:
+    assert pattern_regex("", "a.b").fullmatch("a.b")
+    assert not pattern_regex("", "a.b").fullmatch("axb")
+    assert pattern_regex("", "%").fullmatch("") is not None
