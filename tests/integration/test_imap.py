@@ -429,11 +429,11 @@ def test_mailbox_management_and_list(site: Site) -> None:
     client = site.client(address)
     assert client.create("Projects/2026/Q4")[0] == "OK"
     assert client.create("Projects")[0] == "NO"  # made as a superior already
-    typ, data = client.list('""', "*")
+    _, data = client.list('""', "*")
     names = [line.rsplit(b" ", 1)[1].strip(b'"') for line in data]
     assert b"Projects/2026/Q4" in names and b"Projects/2026" in names
     assert any(b"\\Sent" in line and b"Sent" in line for line in data)
-    typ, data = client.list('""', "%")
+    _, data = client.list('""', "%")
     assert all(b"/" not in line.rsplit(b" ", 1)[1] for line in data)
     assert client.rename("Projects", "Work")[0] == "OK"
     _, data = client.list('""', "Work/*")
