@@ -612,3 +612,75 @@ def test_imapclient_session(site: Site) -> None:
         assert c.select_folder("Archive")[b"EXISTS"] == 1
         folders = {name for _, _, name in c.list_folders()}
         assert {"INBOX", "Sent", "Archive"} <= folders
+
+
+# --- timers, login limits, several processes ---------------------------------------------------
+
+
+def test_autologout_before_login(tmp_path: Path, module_db: str) -> None:
+    # limits.imap_timeout is 30 minutes by default; before login a tenth of it applies.
+    s = start_site(tmp_path, module_db, limits={"imap_timeout": 3})
+    try:
+        wire = Wire(s.imaps, s.tls)
+        started = time.monotonic()
+        assert wire.response().startswith(b"* BYE Autologout")
+        assert time.monotonic() - started < 2.5
+        # A logged-in session is given the whole timeout, IDLE included.
+        wire = s.wire(s.account())
+        wire.command("SELECT INBOX")
+        time.sleep(1)
+        assert wire.command("NOOP").ok
+        wire.close()
+    finally:
+        s.server.stop()
+
+
+def test_failed_logins_are_limited_per_account(site: Site) -> None:
+    address = site.account()
+    wire = site.wire()
+    for _ in range(5):  # limits.auth_max_failures_per_account in this module
+        assert b"[AUTHENTICATIONFAILED]" in wire.command(f'LOGIN "{address}" "guess"').text
+    reply = wire.command(f'LOGIN "{address}" "{PASSWORD}"')
+    assert reply.status == "NO" and b"[UNAVAILABLE]" in reply.text
+    assert f"imap 127.0.0.1: authentication failed for '{address}'" in site.server.log()
+    wire.close()
+
+
+def test_idle_on_one_process_sees_mail_delivered_by_another(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """Two Tidings processes on one PostgreSQL: LISTEN/NOTIFY carries the change."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with postgres.database() as url:
+        first = start_site(tmp_path / "a", url)
+        second = start_site(tmp_path / "b", url)
+        try:
+            address = first.account([simple("before")])
+            wire = first.wire(address)
+            wire.command("SELECT INBOX")
+            wire.send(b"i IDLE\r\n")
+            assert wire.response().startswith(b"+")
+            with smtplib.SMTP(*second.server.smtp, timeout=30) as smtp:
+                smtp.sendmail("x@sender.example", [address], simple("from the other process"))
+            started = time.monotonic()
+            lines: list[bytes] = []
+            while not any(b"EXISTS" in line for line in lines):
+                lines.append(wire.response())
+            assert time.monotonic() - started < 2.0
+            assert b"* 2 EXISTS" in lines
+            # Flags changed through the second process reach the first one's IDLE too.
+            other = second.wire(address)
+            other.command("SELECT INBOX")
+            other.command("STORE 1 +FLAGS.SILENT (\\Flagged)")
+            line = wire.response()
+            while b"FETCH" not in line:
+                line = wire.response()
+            assert line == b"* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent))"
+            wire.send(b"DONE\r\n")
+            assert wire.read_until("i").ok
+            wire.close()
+            other.close()
+        finally:
+            first.server.stop()
+            second.server.stop()

@@ -124,7 +124,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.reader = service.new_reader()
         self._eof = False
-        self._data_waiter: asyncio.Future[None] | None = None
+        self._readable = asyncio.Event()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
@@ -146,16 +146,16 @@ class Connection(asyncio.Protocol):
             assert self.transport is not None
             self.transport.pause_reading()
             self._reading_paused = True
-        self._wake(self._data_waiter)
+        self._readable.set()
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wake(self._data_waiter)
+        self._readable.set()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._wake(self._data_waiter)
+        self._readable.set()
         self._wake(self._drain_waiter)
 
     def pause_writing(self) -> None:
@@ -171,22 +171,28 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait_for_data(self) -> None:
-        """Return when more input (or its end) arrives; ConnectionClosed at the end."""
+        """Return when more input (or its end) arrives; ConnectionClosed at the end.
+
+        An Event rather than a one-shot future: IDLE waits for input and for its mailbox at
+        once and cancels the loser, and a cancelled wait must not lose the next wake-up. The
+        caller calls :meth:`will_read` before it looks at the reader, so input arriving
+        between that look and this wait is not missed.
+        """
         if self._eof:
             raise ConnectionClosed
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
-        self._data_waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._data_waiter
-        finally:
-            self._data_waiter = None
+        await self._readable.wait()
         if self._eof and not self.reader.pending_bytes:
             raise ConnectionClosed
 
+    def will_read(self) -> None:
+        self._readable.clear()
+
     async def next_event(self) -> p.ReadEvent:
         while True:
+            self.will_read()
             event = self.reader.next_event()
             if not isinstance(event, p.NeedMore):
                 return event
@@ -194,6 +200,7 @@ class Connection(asyncio.Protocol):
 
     async def next_line(self) -> p.ReadEvent:
         while True:
+            self.will_read()
             event = self.reader.next_line()
             if not isinstance(event, p.NeedMore):
                 return event
@@ -671,6 +678,7 @@ class Session:
         await self.flush()
         deadline = asyncio.get_running_loop().time() + self.timeout
         while True:
+            self.conn.will_read()
             event = self.conn.reader.next_line()
             if isinstance(event, p.LineReady):
                 if event.line.strip().upper() == b"DONE":

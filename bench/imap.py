@@ -1,0 +1,935 @@
+"""IMAP server figures: one account's INBOX of 20,000 varied messages, read over IMAPS.
+
+The INBOX is filled through ``tidings.delivery.MailDelivery`` (group commits, each message
+analysed for IMAP as at delivery) before ``tidings serve`` starts: 3-10 KB messages, plain,
+HTML alternatives, attachments and forwarded messages, with varied senders, subjects and dates.
+Then, over IMAPS on loopback, each step is timed (``--repeat`` times, the range printed):
+
+    login         TCP + TLS + greeting, and LOGIN (p50/p95 over --logins sessions)
+    select        SELECT INBOX
+    flags         FETCH 1:* (UID FLAGS)
+    headers       FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)
+    thunderbird   UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS (...)])
+    bodies        UID FETCH of BODY.PEEK[] for --bodies consecutive messages
+    search        SEARCH SUBJECT / FROM / BODY / TEXT
+    store         STORE 1:* +FLAGS (\\Seen), then -FLAGS to undo it
+    idle          SMTP 250 (and end of DATA) → ``* n EXISTS`` in an IDLE session, p50/p95
+    concurrent    --sessions sessions at once, each SELECT + FETCH 1:* (FLAGS)
+
+Beside each wall time, the server's CPU seconds for the step (/proc/PID/stat); at the end its
+RSS. The client is a small asyncio one rather than imaplib, whose per-line regular expressions
+cost as much as the server on a 20,000-line FETCH; it follows literals and counts responses.
+
+    python3 bench/imap.py                          # 20,000 messages, SQLite in a temp dir
+    python3 bench/imap.py --postgres               # a throwaway PostgreSQL (tests/pg.py)
+    python3 bench/imap.py --db-url postgresql://user@127.0.0.1/db   # an empty database
+    python3 bench/imap.py --dir /tmp/b             # keep the filled store, then ...
+    python3 bench/imap.py --dir /tmp/b --skip-fill --only search,headers
+    python3 bench/imap.py --py-spy /tmp/prof       # py-spy record per step; top functions
+
+The server is ``python3 -m tidings`` in a child process, so ``PYTHONPATH=/some/checkout/src``
+benchmarks that checkout instead of the installed package. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import os
+import random
+import re
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from email.header import Header
+from email.utils import format_datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from helpers import TidingsServer, write_config  # the tests' own helpers
+
+DOMAIN = "bench.test"
+USER = f"user@{DOMAIN}"
+PASSWORD = "bench-password-1"
+STEPS = ("login", "select", "flags", "headers", "thunderbird", "bodies", "search", "store",
+         "idle", "concurrent")  # fmt: skip
+# What Thunderbird asks for when it downloads the headers of new messages.
+THUNDERBIRD_FIELDS = (
+    "From To Cc Bcc Subject Date Message-ID Priority X-Priority References Newsgroups "
+    "In-Reply-To Content-Type Reply-To"
+)
+# Words the searches look for, and how the messages carry them.
+SUBJECT_WORD = "invoice"  # in about 1 subject of 12
+FROM_WORD = "carol"  # one sender of 40, weighted
+BODY_WORD = "zeppelin"  # in the body text of 1 message of 97 (in a text part, any encoding)
+FILL_BATCH = 500
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+FIRST = ("Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy",
+         "Mallory", "Niaj", "Olivia", "Peggy", "Rupert", "Sybil", "Trent", "Victor", "Walter",
+         "Zoë", "Jürgen", "Łukasz", "Søren", "Chloé", "Amélie", "Ngozi", "Haruto",
+         "Priya")  # fmt: skip
+LAST = ("Smith", "Jones", "Müller", "García", "Rossi", "Dubois", "Kowalski", "Nakamura",
+        "Okafor", "Svensson", "Novák", "Patel", "O'Brien", "Larsen", "Silva")  # fmt: skip
+DOMAINS = ("example.com", "example.org", "mail.example.net", "lists.example.io",
+           "corp.example", "university.example.edu")  # fmt: skip
+TOPICS = ("quarterly report", "team offsite", "server migration", "budget review",
+          "release 4.2 planning", "holiday schedule", "security audit", "new office layout",
+          "customer feedback", "hiring pipeline", "conference travel", "API deprecation",
+          "backup failures", "design review", "Grüße aus Köln", "café meeting",
+          "board minutes", "parking permits", "onboarding checklist", "incident 1123",
+          "mailing list digest", "weekly metrics", "contract renewal", "printer on floor 3",
+          "année scolaire", "training session", "VPN outage", "lunch order")  # fmt: skip
+VOCABULARY = (
+    "the of and to in is that for it as with was on be by this are from at or an have not "
+    "they which one you had all we can her has there been if more when will would who so no "
+    "system data report project meeting team schedule update review server message account "
+    "network budget customer design release version change issue request support office "
+    "please thanks regards attached document figure table result plan week month quarter "
+    "year morning afternoon evening tomorrow yesterday deadline draft final approve sign "
+    "contract invoice payment order delivery shipment warehouse inventory price quote "
+    "analysis performance latency throughput database index query cache memory disk backup "
+    "restore migration upgrade patch security audit access password policy compliance "
+)
+WORDS = VOCABULARY.split()
+ACCENTED = ("café", "naïve", "Größe", "façade", "déjà", "señor", "smörgåsbord", "Ærøskøbing")
+
+
+def make_senders() -> list[tuple[str, str]]:
+    """(display name as in a header, address): 55 people, exactly one of them a Carol."""
+    rng = random.Random(7)
+    senders = []
+    for n, first in enumerate(FIRST):
+        for k in range(1 if first == "Carol" else 2):
+            last = rng.choice(LAST)
+            local = f"{first}.{last}".lower().encode("ascii", "ignore").decode().replace("'", "")
+            name = f"{first} {last}"
+            if not name.isascii():
+                name = Header(name, "utf-8").encode()
+            elif "'" in name:
+                name = f'"{name}"'
+            senders.append((name, f"{local}{k or ''}@{DOMAINS[(n + k) % len(DOMAINS)]}"))
+    return senders
+
+
+SENDERS = make_senders()
+SENDER_WEIGHTS = [1 / (i + 1) ** 0.6 for i in range(len(SENDERS))]
+ATTACHMENTS = (
+    ("report.pdf", "application/pdf"),
+    ("photo.png", "image/png"),
+    ("Übersicht.xlsx", "application/vnd.ms-excel"),
+)
+ZONES = [timezone(timedelta(minutes=m)) for m in (0, 60, 120, -300, -480, 330, 540, -180)]
+
+
+def line_pool(rng: random.Random, count: int, accented: bool) -> list[str]:
+    """Lines of 8-13 words, bodies are drawn from (which is fast); some with non-ASCII."""
+    lines = []
+    for _ in range(count):
+        words = rng.choices(WORDS, k=rng.randint(8, 13))
+        if accented and rng.random() < 0.3:
+            words[rng.randrange(len(words))] = rng.choice(ACCENTED)
+        lines.append(" ".join(words))
+    return lines
+
+
+@dataclass
+class Made:
+    content: bytes
+    date: datetime
+    sender: str
+
+
+class MessageMaker:
+    """Deterministic, varied messages of about 3-10 KB: message ``i`` is always the same."""
+
+    def __init__(self, seed: int) -> None:
+        rng = random.Random(seed)
+        self.seed = seed
+        self.ascii_lines = line_pool(rng, 4000, False)
+        self.accented_lines = line_pool(rng, 1000, True)
+        self.start = datetime(2024, 1, 1, tzinfo=UTC)
+
+    def text(self, rng: random.Random, size: int, plant: bool) -> str:
+        # a third of the messages have non-ASCII text (sent quoted-printable)
+        pool = self.accented_lines if rng.random() < 0.33 else self.ascii_lines
+        lines = rng.choices(pool, k=max(3, size // 62))
+        for n in range(4, len(lines), rng.randint(4, 9)):
+            lines[n] = ""  # paragraphs
+        if plant:
+            n = rng.randrange(len(lines))
+            lines[n] = f"{lines[n]} {BODY_WORD} ahead".strip()
+        return "Hello,\r\n\r\n" + "\r\n".join(lines) + "\r\n\r\n-- \r\nSent from the bench\r\n"
+
+    @staticmethod
+    def text_part(text: str, subtype: str = "plain") -> bytes:
+        data = text.encode()
+        if text.isascii():
+            head = f"Content-Type: text/{subtype}; charset=us-ascii\r\n"
+            return (head + "Content-Transfer-Encoding: 7bit\r\n\r\n").encode() + data
+        qp = binascii.b2a_qp(data.replace(b"\r\n", b"\n")).replace(b"\n", b"\r\n")
+        head = f"Content-Type: text/{subtype}; charset=utf-8\r\n"
+        return (head + "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode() + qp
+
+    @staticmethod
+    def html(text: str) -> str:
+        paragraphs = [p.replace("\r\n", " ") for p in text.split("\r\n\r\n") if p]
+        body = "\r\n".join(f"<p>{p}</p>" for p in paragraphs)
+        return (
+            "<html><head><style>p { margin: 0 }</style></head><body>\r\n"
+            f"{body}\r\n</body></html>\r\n"
+        )
+
+    @staticmethod
+    def multipart(subtype: str, boundary: str, parts: list[bytes]) -> tuple[str, bytes]:
+        b = boundary.encode()
+        body = b"This is a multi-part message in MIME format.\r\n"
+        for part in parts:
+            body += b"--" + b + b"\r\n" + part + b"\r\n"
+        return f'multipart/{subtype}; boundary="{boundary}"', body + b"--" + b + b"--\r\n"
+
+    def make(self, i: int) -> Made:
+        rng = random.Random(self.seed * 1_000_003 + i)
+        size = rng.randint(3300, 10000)
+        name, address = rng.choices(SENDERS, weights=SENDER_WEIGHTS)[0]
+        topic = rng.choice(TOPICS)
+        kind = rng.random()
+        if i % 12 == 5:
+            subject = f"Invoice {1000 + i} for {topic}"
+        elif kind < 0.3:
+            subject = f"Re: {topic}"
+        else:
+            template = rng.choice(("{t}", "Fwd: {t}", "{t} - update", "Question about {t}",
+                                   "[list] {t}", "Reminder: {t} on Friday"))  # fmt: skip
+            subject = template.format(t=topic)
+        if not subject.isascii():
+            subject = Header(subject, "utf-8").encode()
+        date = (self.start + timedelta(seconds=rng.randrange(730 * 86400))).astimezone(
+            rng.choice(ZONES)
+        )
+        cc = ", ".join(f"{n} <{a}>" for n, a in rng.sample(SENDERS, rng.choice((0, 0, 1, 3))))
+        head = [
+            f"Return-Path: <{address}>",
+            f"Received: from mx.{address.partition('@')[2]} (mx [192.0.2.{i % 250 + 1}])\r\n"
+            f"\tby mx.bench.test with ESMTPS id b{i:08x}; {format_datetime(date)}",
+            f"From: {name} <{address}>",
+            f"To: Bench User <{USER}>",
+            *([f"Cc: {cc}"] if cc else []),
+            f"Subject: {subject}",
+            f"Date: {format_datetime(date)}",
+            f"Message-ID: <{i:08d}.{rng.getrandbits(40):x}@{address.partition('@')[2]}>",
+        ]
+        if subject.startswith("Re:"):
+            parent = f"<{rng.randrange(max(i, 1)):08d}.parent@example.com>"
+            head += [f"In-Reply-To: {parent}", f"References: {parent}"]
+        head.append("MIME-Version: 1.0")
+        plant = i % 97 == 13
+        if kind < 0.5:  # text/plain
+            part = self.text_part(self.text(rng, size - 700, plant))
+            ctype_line, _, body = part.partition(b"\r\n")
+            cte, _, body = body.partition(b"\r\n\r\n")
+            head += [ctype_line.decode(), cte.decode()]
+        elif kind < 0.75:  # text/plain + text/html
+            text = self.text(rng, (size - 1000) // 2, plant)
+            ctype, body = self.multipart(
+                "alternative", f"=_alt{i}", [self.text_part(text), self.text_part(
+                    self.html(text), "html")]
+            )  # fmt: skip
+            head.append(f"Content-Type: {ctype}")
+        elif kind < 0.95:  # text + an attachment (base64)
+            text_size = rng.randint(400, 1500)
+            blob = rng.randbytes(max(500, (size - text_size - 900) * 3 // 4))
+            filename, mime_type = rng.choice(ATTACHMENTS)
+            disposition = (
+                f'attachment; filename="{filename}"'
+                if filename.isascii()
+                else "attachment; filename*=UTF-8''" + "%C3%9Cbersicht.xlsx"
+            )
+            attachment = (
+                f'Content-Type: {mime_type}; name="{filename.encode("ascii", "replace").decode()}"'
+                f"\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: {disposition}"
+                "\r\n\r\n"
+            ).encode() + base64.encodebytes(blob).replace(b"\n", b"\r\n")
+            ctype, body = self.multipart(
+                "mixed", f"=_mix{i}", [self.text_part(self.text(rng, text_size, plant)),
+                                       attachment]
+            )  # fmt: skip
+            head.append(f"Content-Type: {ctype}")
+        else:  # a forwarded message
+            inner = (
+                f"From: {rng.choice(SENDERS)[1]}\r\nTo: {address}\r\nSubject: {topic}\r\n"
+                f"Date: {format_datetime(date - timedelta(days=3))}\r\n"
+            ).encode() + self.text_part(self.text(rng, size - 1900, False))
+            ctype, body = self.multipart(
+                "mixed", f"=_fwd{i}", [self.text_part(self.text(rng, 600, plant)),
+                                       b"Content-Type: message/rfc822\r\n\r\n" + inner]
+            )  # fmt: skip
+            head.append(f"Content-Type: {ctype}")
+        content = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        return Made(content, date + timedelta(seconds=rng.randint(2, 600)), address)
+
+
+# --- filling the store ----------------------------------------------------------------------------
+
+
+async def provision(db_url: str) -> None:
+    from tidings.auth import hash_password
+    from tidings.config import async_database_url
+    from tidings.store import accounts
+    from tidings.store.db import Store
+
+    store = await Store.open(async_database_url(db_url))
+    try:
+        await accounts.add_domain(store, DOMAIN)
+        await accounts.add_account(store, USER, hash_password(PASSWORD))
+    finally:
+        await store.close()
+
+
+async def fill(db_url: str, count: int, maker: MessageMaker) -> int:
+    """Deliver ``count`` messages to USER's INBOX, a batch building while one commits; bytes."""
+    from tidings.address import parse_mailbox
+    from tidings.config import DeliveryConfig, async_database_url
+    from tidings.delivery import Delivery, MailDelivery
+    from tidings.store.db import Store
+
+    store = await Store.open(async_database_url(db_url))
+    total = 0
+    try:
+        delivery = MailDelivery(store, DeliveryConfig(max_batch=FILL_BATCH))
+        local = (await delivery.resolve_recipient(parse_mailbox(USER))).local
+        inflight: list[asyncio.Future[list[None]]] = []
+        for start in range(0, count, FILL_BATCH):
+            batch = []
+            for i in range(start, min(count, start + FILL_BATCH)):
+                made = maker.make(i)
+                total += len(made.content)
+                batch.append(Delivery(f"fill{i}", made.sender, made.content, local, (),
+                                      internaldate=made.date))  # fmt: skip
+            inflight.append(asyncio.gather(*(delivery.deliver(d) for d in batch)))
+            if len(inflight) > 1:
+                await inflight.pop(0)
+            if start // FILL_BATCH % 10 == 9:
+                print(f"  filed {start + FILL_BATCH:,} ...", flush=True)
+        for pending in inflight:
+            await pending
+    finally:
+        await store.close()
+    return total
+
+
+class BenchFailed(Exception):
+    """The server did not do what was asked: the figures would mean nothing."""
+
+
+# --- the client -----------------------------------------------------------------------------------
+
+LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+
+
+@dataclass
+class Reply:
+    status: bytes
+    text: bytes
+    untagged: int = 0  # untagged responses
+    literal_bytes: int = 0
+    received: int = 0  # bytes, all told
+    lines: list[bytes] = field(default_factory=list)  # kept on request, literals left out
+
+    def ok(self, what: str) -> Reply:
+        if self.status != b"OK":
+            raise BenchFailed(f"{what}: {self.status.decode()} {self.text.decode()}")
+        return self
+
+
+class Imap:
+    """One IMAP connection: commands in, responses counted (literals followed, not parsed)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.counter = 0
+
+    @classmethod
+    async def connect(cls, port: int, tls: ssl.SSLContext) -> Imap:
+        reader, writer = await asyncio.open_connection("localhost", port, ssl=tls, limit=64 * 2**20)
+        client = cls(reader, writer)
+        greeting = await client.response()
+        if not greeting.startswith(b"* OK"):
+            raise BenchFailed(f"greeting {greeting!r}")
+        return client
+
+    async def response(self) -> bytes:
+        """One whole response line with its literals' bytes left out (their sizes kept)."""
+        line = await self.reader.readuntil(b"\r\n")
+        while (m := LITERAL.search(line)) is not None:
+            await self.reader.readexactly(int(m.group(1)))
+            line += await self.reader.readuntil(b"\r\n")
+        return line
+
+    async def command(self, text: str, *, keep: bool = False) -> Reply:
+        self.counter += 1
+        tag = b"b%d" % self.counter
+        self.writer.write(tag + b" " + text.encode() + b"\r\n")
+        await self.writer.drain()
+        reply = Reply(b"", b"")
+        read = self.reader.readuntil
+        while True:
+            line = await read(b"\r\n")
+            reply.received += len(line)
+            while (m := LITERAL.search(line)) is not None:
+                n = int(m.group(1))
+                await self.reader.readexactly(n)
+                reply.literal_bytes += n
+                reply.received += n
+                more = await read(b"\r\n")
+                reply.received += len(more)
+                line += more
+            if line.startswith(tag + b" "):
+                status, _, rest = line[len(tag) + 1 :].partition(b" ")
+                reply.status, reply.text = status, rest.rstrip()
+                return reply
+            if line.startswith(b"* "):
+                reply.untagged += 1
+                if keep:
+                    reply.lines.append(line)
+
+    async def login(self) -> None:
+        (await self.command(f'LOGIN "{USER}" "{PASSWORD}"')).ok("LOGIN")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.command("LOGOUT")
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+async def logged_in(port: int, tls: ssl.SSLContext) -> Imap:
+    client = await Imap.connect(port, tls)
+    await client.login()
+    return client
+
+
+class Smtp:
+    """Just enough SMTP to deliver one message at a time and time its reply."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> Smtp:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        await client.expect(b"220")
+        await client.command("EHLO bench.client.example", b"250")
+        return client
+
+    async def expect(self, code: bytes) -> bytes:
+        while True:
+            line = await self.reader.readuntil(b"\r\n")
+            if line[3:4] != b"-":
+                if not line.startswith(code):
+                    raise BenchFailed(f"SMTP said {line!r}")
+                return line
+
+    async def command(self, text: str, code: bytes) -> bytes:
+        self.writer.write(text.encode() + b"\r\n")
+        return await self.expect(code)
+
+    async def send(self, sender: str, content: bytes) -> tuple[float, float]:
+        """Deliver; (perf_counter at the end of DATA, perf_counter at its 250)."""
+        await self.command(f"MAIL FROM:<{sender}>", b"250")
+        await self.command(f"RCPT TO:<{USER}>", b"250")
+        await self.command("DATA", b"354")
+        stuffed = re.sub(rb"(?m)^\.", b"..", content)
+        self.writer.write(stuffed + (b"" if stuffed.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        await self.writer.drain()
+        sent = time.perf_counter()
+        await self.expect(b"250")
+        return sent, time.perf_counter()
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.command("QUIT", b"221")
+        self.writer.close()
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/PID/status figure in bytes (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * p / 100))]
+
+
+def span(values: list[float], unit: str = "s", scale: float = 1.0, digits: int = 2) -> str:
+    """``1.23 s`` or ``1.23-1.41 s`` (the range over runs)."""
+    low, high = min(values) * scale, max(values) * scale
+    if f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{low:.{digits}f} {unit}"
+    return f"{low:.{digits}f}-{high:.{digits}f} {unit}"
+
+
+def rate(count: float, seconds: list[float], unit: str, scale: float = 1.0) -> str:
+    rates = sorted(count * scale / s for s in seconds)
+    if f"{rates[0]:,.0f}" == f"{rates[-1]:,.0f}":
+        return f"{rates[0]:,.0f} {unit}"
+    return f"{rates[0]:,.0f}-{rates[-1]:,.0f} {unit}"
+
+
+class Profiler:
+    """``py-spy record`` of the server around each step, when asked; the hottest functions."""
+
+    def __init__(self, directory: Path | None, pid: int) -> None:
+        self.directory = directory
+        self.pid = pid
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def record(self, name: str) -> AsyncIterator[None]:
+        if self.directory is None:
+            yield
+            return
+        out = self.directory / f"{name}.txt"
+        spy = await asyncio.create_subprocess_exec(
+            "py-spy", "record", "--pid", str(self.pid), "--rate", str(SPY_RATE), "--threads",
+            "--nonblocking", "--format", "raw", "--output", str(out),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        await asyncio.sleep(1.5)  # attached and sampling
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            await asyncio.wait_for(spy.wait(), 30)
+            self.summarize(name, out)
+
+    @staticmethod
+    def summarize(name: str, path: Path, top: int = 10) -> None:
+        """Where the busy samples went: by thread, by tidings function (inclusive), and by the
+        function that was running (self; C code counts as the Python function calling it)."""
+        if not path.exists():
+            print(f"    py-spy: no profile for {name}")
+            return
+        threads: Counter[str] = Counter()
+        inclusive: Counter[str] = Counter()
+        own: Counter[str] = Counter()
+        total = 0
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not count.isdigit():
+                continue
+            n = int(count)
+            thread, *frames = stack.split(";")
+            total += n
+            threads[_thread_name(thread)] += n
+            names = [_frame(f) for f in frames]
+            if names:
+                own[names[-1]] += n
+            for frame in set(names):
+                if frame.startswith("tidings/") and not frame.startswith(_PLUMBING):
+                    inclusive[frame] += n
+        if not total:
+            return
+
+        def share(counter: Counter[str], count: int) -> str:
+            return ", ".join(
+                f"{k.removeprefix('tidings/')} {100 * n / total:.0f}%"
+                for k, n in counter.most_common(count)
+            )
+
+        print(f"    py-spy {name}: {total} busy samples (~{total / SPY_RATE:.1f} thread-s), {path}")
+        print(f"      threads: {share(threads, 5)}")
+        print("      tidings, inclusive: " + share(inclusive, top))
+        print("      self: " + share(own, top), flush=True)
+
+
+SPY_RATE = 200  # samples a second
+# Frames every sample passes through: not worth listing.
+_PLUMBING = (
+    "tidings/__main__.py", "tidings/cli.py", "tidings/imap/session.py:Session.run",
+    "tidings/imap/session.py:Session.handle", "tidings/imap/session.py:Session.dispatch",
+)  # fmt: skip
+
+
+def _frame(text: str) -> str:
+    """``func (path/to/file.py:12)`` → ``file.py:func``; tidings paths keep their package."""
+    func, _, where = text.partition(" (")
+    path = where.rstrip(")").rpartition(":")[0]
+    if path.startswith("tidings/") or "/tidings/" in path:
+        path = "tidings/" + path.rpartition("tidings/")[2]
+    else:
+        path = path.rpartition("/")[2]
+    return f"{path}:{func}" if path else func
+
+
+def _thread_name(text: str) -> str:
+    """``thread (123): tidings-sqlite-read_0`` → ``tidings-sqlite-read``."""
+    name = text.partition(": ")[2] or text
+    if "_connection_worker_thread" in name:
+        return "aiosqlite"
+    return re.sub(r"(_\d+)+$|-\d+$", "", name)
+
+
+# --- the steps ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    server: TidingsServer
+    tls: ssl.SSLContext
+    profiler: Profiler
+    exists: int = 0
+
+    @property
+    def pid(self) -> int:
+        assert self.server.process is not None
+        return self.server.process.pid
+
+    @property
+    def imaps(self) -> int:
+        return self.server.addresses["imaps"][1]
+
+    async def timed(
+        self, name: str, run: Callable[[int], Awaitable[Reply | None]], runs: int = 1
+    ) -> tuple[list[float], list[float], list[Reply | None]]:
+        """``run(k)`` for k in range(runs * repeat): wall and server CPU seconds, and replies."""
+        walls: list[float] = []
+        cpus: list[float] = []
+        replies: list[Reply | None] = []
+        async with self.profiler.record(name):
+            for k in range(runs * self.args.repeat):
+                cpu = cpu_seconds(self.pid)
+                t0 = time.perf_counter()
+                replies.append(await run(k))
+                walls.append(time.perf_counter() - t0)
+                cpus.append(cpu_seconds(self.pid) - cpu)
+        return walls, cpus, replies
+
+    @staticmethod
+    def show(label: str, walls: list[float], cpus: list[float], extra: str = "") -> None:
+        line = f"  {label:<50} {span(walls):>13}  server CPU {span(cpus):<11}  {extra}"
+        print(line.rstrip(), flush=True)
+
+    @staticmethod
+    def show_latency(label: str, values: list[float]) -> None:
+        print(f"  {label:<50} p50 {percentile(values, 50) * 1000:6.1f} ms  "
+              f"p95 {percentile(values, 95) * 1000:6.1f} ms  "
+              f"max {max(values) * 1000:6.1f} ms  (n={len(values)})", flush=True)  # fmt: skip
+
+    async def login_step(self) -> None:
+        connects: list[float] = []
+        logins: list[float] = []
+        async with self.profiler.record("login"):
+            for _ in range(self.args.logins):
+                t0 = time.perf_counter()
+                client = await Imap.connect(self.imaps, self.tls)
+                t1 = time.perf_counter()
+                await client.login()
+                logins.append(time.perf_counter() - t1)
+                connects.append(t1 - t0)
+                await client.close()
+        self.show_latency("connect + TLS handshake + greeting", connects)
+        self.show_latency("LOGIN", logins)
+
+    async def mailbox_steps(self, client: Imap) -> None:
+        steps = self.args.steps
+        reply = (await client.command("STATUS INBOX (MESSAGES)", keep=True)).ok("STATUS")
+        n = self.exists = int(re.findall(rb"MESSAGES (\d+)", b"".join(reply.lines))[0])
+
+        async def select(_: int) -> Reply:
+            return (await client.command("SELECT INBOX")).ok("SELECT")
+
+        if "select" in steps:
+            walls, cpus, _ = await self.timed("select", select)
+            self.show(f"SELECT INBOX ({n:,} messages)", walls, cpus)
+        else:
+            await select(0)
+
+        async def fetch(command: str) -> Reply:
+            reply = (await client.command(command)).ok(command)
+            if reply.untagged < n:
+                raise BenchFailed(f"{command}: {reply.untagged} responses for {n}")
+            return reply
+
+        fetches = (
+            ("flags", "FETCH 1:* (UID FLAGS)", "FETCH 1:* (UID FLAGS)"),
+            ("headers", "FETCH 1:* (UID FLAGS INTERNALDATE RFC822.SIZE ENVELOPE)",
+             "FETCH 1:* (UID FLAGS INTERNALDATE SIZE ENVELOPE)"),
+            ("thunderbird", "UID FETCH 1:* (UID RFC822.SIZE FLAGS BODY.PEEK[HEADER.FIELDS "
+             f"({THUNDERBIRD_FIELDS})])", "UID FETCH 1:* (SIZE FLAGS HEADER.FIELDS (...))"),
+        )  # fmt: skip
+        for name, command, label in fetches:
+            if name in steps:
+                walls, cpus, replies = await self.timed(
+                    name, lambda _, command=command: fetch(command)
+                )
+                sent = replies[0].received / 2**20 if replies[0] else 0
+                self.show(label, walls, cpus, f"{rate(n, walls, 'msg/s')}, {sent:.1f} MiB")
+        if "bodies" in steps:
+            await self.bodies_step(client)
+        if "search" in steps:
+            for key in (f"SUBJECT {SUBJECT_WORD}", f"FROM {FROM_WORD}", f"BODY {BODY_WORD}",
+                        f"TEXT {BODY_WORD}"):  # fmt: skip
+
+                async def search(_: int, key: str = key) -> Reply:
+                    return (await client.command(f"SEARCH {key}", keep=True)).ok(key)
+
+                name = "search-" + key.split()[0].lower()
+                walls, cpus, replies = await self.timed(name, search)
+                lines = replies[0].lines if replies[0] else []
+                found = [x for x in lines if x.startswith(b"* SEARCH")]
+                hits = len(found[0].split()) - 2 if found else 0
+                self.show(f"SEARCH {key}", walls, cpus, f"{hits:,} hits")
+        if "store" in steps:
+            # +FLAGS then -FLAGS, so that every +FLAGS run changes every message
+            async def store(k: int) -> Reply:
+                return await fetch(f"STORE 1:* {'-' if k % 2 else '+'}FLAGS (\\Seen)")
+
+            walls, cpus, _ = await self.timed("store", store, runs=2)
+            for mode, k in (("+", 0), ("-", 1)):
+                self.show(f"STORE 1:* {mode}FLAGS (\\Seen)", walls[k::2], cpus[k::2],
+                          rate(n, walls[k::2], "msg/s"))  # fmt: skip
+
+    async def bodies_step(self, client: Imap) -> None:
+        count = min(self.args.bodies, self.exists)
+        reply = (await client.command("UID SEARCH ALL", keep=True)).ok("UID SEARCH ALL")
+        found = next(x for x in reply.lines if x.startswith(b"* SEARCH"))
+        uids = [int(u) for u in found.split()[2:]]
+
+        async def bodies(k: int) -> Reply:
+            # a different run of consecutive messages each time, none read before
+            start = (len(uids) // 3 + k * count) % max(1, len(uids) - count)
+            first, last = uids[start], uids[start + count - 1]
+            reply = (await client.command(f"UID FETCH {first}:{last} BODY.PEEK[]")).ok("bodies")
+            if reply.untagged != count:
+                raise BenchFailed(f"BODY.PEEK[]: {reply.untagged} of {count} messages")
+            return reply
+
+        walls, cpus, replies = await self.timed("bodies", bodies)
+        mean = statistics.mean(r.literal_bytes for r in replies if r is not None)
+        self.show(f"UID FETCH a:b BODY.PEEK[] ({count} messages)", walls, cpus,
+                  f"{rate(count, walls, 'msg/s')}, {rate(mean, walls, 'MB/s', 1e-6)}")  # fmt: skip
+
+    async def idle_step(self, maker: MessageMaker) -> None:
+        """SMTP deliveries, one at a time, to the INBOX an IDLE session has selected."""
+        smtp_port = self.server.addresses["smtp"][1]
+        client = await logged_in(self.imaps, self.tls)
+        (await client.command("SELECT INBOX")).ok("SELECT")
+        client.writer.write(b"idle IDLE\r\n")
+        while not (await client.response()).startswith(b"+"):
+            pass
+        smtp = await Smtp.connect(smtp_port)
+        after_250: list[float] = []
+        after_dot: list[float] = []
+
+        async def next_exists() -> float:
+            while True:
+                line = await client.response()
+                if line.rstrip().endswith(b" EXISTS"):
+                    return time.perf_counter()
+
+        cpu = cpu_seconds(self.pid)
+        async with self.profiler.record("idle"):
+            for k in range(self.args.idle_deliveries):
+                made = maker.make(10_000_000 + k)
+                waiter = asyncio.ensure_future(next_exists())
+                sent, replied = await smtp.send(made.sender, made.content)
+                seen = await asyncio.wait_for(waiter, 30)
+                after_250.append(seen - replied)
+                after_dot.append(seen - sent)
+                await asyncio.sleep(0.05)
+        cpu = cpu_seconds(self.pid) - cpu
+        await smtp.close()
+        client.writer.write(b"DONE\r\n")
+        while not (await client.response()).startswith(b"idle "):
+            pass
+        # Take the new messages out again, so that a rerun with --skip-fill finds the same.
+        await client.command(f"STORE {self.exists + 1}:* +FLAGS.SILENT (\\Deleted)")
+        await client.command("EXPUNGE")
+        await client.close()
+        self.show_latency("IDLE: SMTP 250 → * n EXISTS", after_250)
+        self.show_latency("IDLE: end of DATA → * n EXISTS", after_dot)
+        n = len(after_dot)
+        print(f"  {'':<50} server CPU {cpu / n * 1000:.1f} ms per delivery + notice")
+
+    async def concurrent_step(self) -> None:
+        n = self.args.sessions
+        # A few logins at a time: the server makes a burst from one address wait for the
+        # attempts in progress, and refuses those still waiting after 10 s.
+        gate = asyncio.Semaphore(4)
+
+        async def log_in() -> Imap:
+            async with gate:
+                return await logged_in(self.imaps, self.tls)
+
+        t0 = time.perf_counter()
+        clients = await asyncio.gather(*(log_in() for _ in range(n)))
+        print(f"  {f'{n} sessions log in, 4 at a time':<50} {time.perf_counter() - t0:11.2f} s")
+        per_session: list[float] = []
+
+        async def one(client: Imap) -> None:
+            t = time.perf_counter()
+            (await client.command("SELECT INBOX")).ok("SELECT")
+            reply = (await client.command("FETCH 1:* (FLAGS)")).ok("FETCH")
+            if reply.untagged < self.exists:
+                raise BenchFailed(f"FETCH: {reply.untagged} responses of {self.exists}")
+            per_session.append(time.perf_counter() - t)
+            (await client.command("UNSELECT")).ok("UNSELECT")
+
+        async def all_of_them(_: int) -> None:
+            await asyncio.gather(*(one(c) for c in clients))
+
+        walls, cpus, _ = await self.timed("concurrent", all_of_them)
+        self.show(f"{n} sessions at once: SELECT + FETCH 1:* (FLAGS)", walls, cpus,
+                  f"per session p50 {percentile(per_session, 50):.2f} s, "
+                  f"max {max(per_session):.2f} s")  # fmt: skip
+        rss = proc_status(self.pid, "VmRSS")
+        print(f"  server RSS with {n} sessions logged in: {rss / 2**20:.0f} MiB")
+        await asyncio.gather(*(c.close() for c in clients))
+
+    async def run(self, maker: MessageMaker) -> None:
+        steps = self.args.steps
+        print(f"server RSS at start: {proc_status(self.pid, 'VmRSS') / 2**20:.0f} MiB "
+              f"(peak {proc_status(self.pid, 'VmHWM') / 2**20:.0f} MiB)")  # fmt: skip
+        if "login" in steps:
+            await self.login_step()
+        client = await logged_in(self.imaps, self.tls)
+        await self.mailbox_steps(client)
+        await client.close()
+        if "idle" in steps:
+            await self.idle_step(maker)
+        if "concurrent" in steps:
+            await self.concurrent_step()
+        print(f"server RSS after the run: {proc_status(self.pid, 'VmRSS') / 2**20:.0f} MiB "
+              f"(peak {proc_status(self.pid, 'VmHWM') / 2**20:.0f} MiB)")  # fmt: skip
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
+    """The store's URL: --db-url, a throwaway PostgreSQL (--postgres), or SQLite in --dir."""
+    if args.db_url:
+        yield args.db_url
+    elif args.postgres:
+        from pg import start_postgres
+
+        pg = start_postgres()
+        try:
+            with pg.database() as url:
+                yield url
+        finally:
+            pg.stop()
+    else:
+        yield f"sqlite:///{directory / 'tidings.db'}"
+
+
+def run(args: argparse.Namespace, directory: Path) -> None:
+    backend = "PostgreSQL" if args.db_url or args.postgres else "SQLite"
+    maker = MessageMaker(args.seed)
+    with database(args, directory) as db_url:
+        config = write_config(
+            directory, db_url,
+            listen={"submission": "", "submissions": "", "pop3": "", "pop3s": "", "imap": ""},
+        )  # fmt: skip
+        if not args.skip_fill:
+            asyncio.run(provision(db_url))
+            t0 = time.perf_counter()
+            size = asyncio.run(fill(db_url, args.messages, maker))
+            elapsed = time.perf_counter() - t0
+            print(f"filled INBOX: {args.messages:,} messages, {size / 2**20:.0f} MiB "
+                  f"(mean {size / max(1, args.messages) / 1024:.1f} KiB) in {elapsed:.1f} s: "
+                  f"{args.messages / elapsed:,.0f} msg/s ({backend})")  # fmt: skip
+        server = TidingsServer(config).start(timeout=120)
+        try:
+            tls = ssl.create_default_context(cafile=str(directory / "data/tls/cert.pem"))
+            assert server.process is not None
+            bench = Bench(args, server, tls, Profiler(args.py_spy, server.process.pid))
+            print(f"{backend}, server pid {server.process.pid}, {os.cpu_count()} CPUs, "
+                  f"repeat {args.repeat}; times are min-max over the runs")  # fmt: skip
+            asyncio.run(bench.run(maker))
+        finally:
+            code = server.stop(timeout=30)
+            if code not in (0, None):
+                print(f"bench: the server exited with {code}; log: {server.log_path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20_000, help="INBOX size (20,000)")
+    parser.add_argument("--db-url", default="", help="PostgreSQL URL of an empty database")
+    parser.add_argument(
+        "--postgres", action="store_true", help="start a throwaway PostgreSQL (tests/pg.py)"
+    )
+    parser.add_argument("--dir", type=Path, help="working directory, kept (default: temporary)")
+    parser.add_argument(
+        "--skip-fill", action="store_true", help="the store in --dir / --db-url is filled already"
+    )
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each step (2)")
+    parser.add_argument("--logins", type=int, default=20, help="sessions timed for login (20)")
+    parser.add_argument("--bodies", type=int, default=500, help="messages per BODY[] fetch (500)")
+    parser.add_argument("--idle-deliveries", type=int, default=50, help="SMTP messages (50)")
+    parser.add_argument("--sessions", type=int, default=50, help="concurrent sessions (50)")
+    parser.add_argument(
+        "--only", default=",".join(STEPS), help=f"comma-separated steps: {','.join(STEPS)}"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="message generator seed (1)")
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="DIR", help="py-spy record the server per step into DIR"
+    )
+    args = parser.parse_args()
+    args.steps = set(args.only.split(","))
+    if args.steps - set(STEPS):
+        parser.error(f"--only: unknown step(s) {', '.join(sorted(args.steps - set(STEPS)))}")
+    if args.skip_fill and args.postgres:
+        parser.error("--skip-fill needs a store that outlives the run: --dir or --db-url")
+    if args.skip_fill and not args.db_url and not (args.dir and (args.dir / "tidings.db").exists()):
+        parser.error("--skip-fill: no tidings.db in --dir")
+    try:
+        if args.dir is not None:
+            args.dir.mkdir(parents=True, exist_ok=True)
+            run(args, args.dir.resolve())
+        else:
+            with tempfile.TemporaryDirectory(prefix="tidings-bench-imap-") as tmp:
+                run(args, Path(tmp))
+    except BenchFailed as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
