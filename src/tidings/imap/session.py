@@ -779,6 +779,11 @@ class Session:
             return
         if self.watch is not None:
             self.watch.clear()
+        # Most looks find nothing new: a read transaction, which never waits for a writer.
+        async with self.store.read() as db:
+            marks = await mb.mailbox_marks(db, view.mailbox_id)
+        if marks is not None and marks[0] <= view.modseq:
+            return
         async with self.store.write() as db:
             marks = await mb.mailbox_marks(db, view.mailbox_id)
             if marks is None:
