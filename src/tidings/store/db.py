@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration's revision. A store already there skips Alembic entirely (importing it
 # costs a CLI command a fifth of a second); a test keeps this equal to Alembic's head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed number: it names the lock that serialises migrations across Tidings processes.
 MIGRATION_LOCK_ID = 0x7469_6469
@@ -70,7 +70,8 @@ class Store:
     async def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect to ``url`` (an async SQLAlchemy URL) and bring the schema up to date."""
         is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        # Parameters stay out of error texts (and so out of logs): they hold message bodies.
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         sync_engine = None
         if is_sqlite:
             path = url.split(":///", 1)[1]
@@ -87,6 +88,7 @@ class Store:
                     engine.url.set(drivername="sqlite"),
                     pool_size=SQLITE_READERS + 1,
                     max_overflow=0,
+                    hide_parameters=True,
                     connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
                 )
                 # Checkpoints run beside the writer (see run_write), not inside its commits.

@@ -110,7 +110,11 @@ class Blob(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("mailbox_id", "uid"), NO_REUSE)
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uid"),
+        Index("ix_messages_mailbox_id_modseq", "mailbox_id", "modseq"),
+        NO_REUSE,
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
     uid: Mapped[int] = mapped_column(BigInteger)
