@@ -169,6 +169,18 @@ class MessageInfo:
             separators=(",", ":"),
         )
 
+    @staticmethod
+    def search_headers_from_json(text: str) -> SearchHeaders:
+        """Only the SEARCH header fields of a ``to_json`` text: SEARCH FROM/SUBJECT/SENT* on a
+        large mailbox skips building the envelope and the MIME tree of every message."""
+        try:
+            data = json.loads(text)
+            if data[0] != _JSON_VERSION:
+                raise ValueError(f"unknown MessageInfo version {data[0]!r}")
+            return _search_in(data[4])
+        except (LookupError, TypeError, AttributeError) as e:
+            raise ValueError(f"not a stored MessageInfo: {e}") from e
+
     @classmethod
     def from_json(cls, text: str) -> MessageInfo:
         """Inverse of ``to_json``; ValueError if the text is not one of its outputs."""

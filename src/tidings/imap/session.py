@@ -43,7 +43,7 @@ from tidings.imap import search as s
 from tidings.imap.listing import Folder, list_folders, lsub_folders
 from tidings.imap.sequence import SequenceSet
 from tidings.imap.view import InvalidNumbers, MailboxView, ViewMessage
-from tidings.mime import MessageInfo, analyze
+from tidings.mime import MessageInfo, SearchHeaders, analyze
 from tidings.store import folders as fo
 from tidings.store import mailbox as mb
 from tidings.store.db import Store, describe_db_error
@@ -947,6 +947,22 @@ class Session:
             infos = await asyncio.to_thread(_decode_structures, structures, raws)
         return infos, raws
 
+    async def load_headers(
+        self, chunk: Sequence[tuple[int, ViewMessage]]
+    ) -> dict[int, SearchHeaders]:
+        """The decoded SEARCH header fields of a chunk's messages, by blob id."""
+        blob_ids = sorted({m.blob_id for _, m in chunk})
+        async with self.store.read() as db:
+            structures = await mb.load_structures(db, blob_ids)
+        headers = await asyncio.to_thread(_decode_headers, structures)
+        missing = [b for b in structures if b not in headers]
+        if missing:  # never analysed, or in an older form: from the bytes
+            async with self.store.read() as db:
+                raws = await mb.load_blobs(db, missing)
+            infos = await asyncio.to_thread(_decode_structures, dict.fromkeys(raws), raws)
+            headers.update((b, info.search) for b, info in infos.items())
+        return headers
+
     async def do_Store(self, tag: str, command: p.Store) -> None:
         await self.refresh(expunges=command.uid)
         view = self.writable()
@@ -1039,19 +1055,32 @@ class Session:
         key = command.key
         want_info = s.needs_info(key)
         want_raw = s.needs_raw(key)
+        # FROM, SUBJECT, SENTSINCE …: only the decoded header fields, not the MIME tree.
+        headers_only = want_info and not want_raw and s.needs_headers_only(key)
         largest_seq, largest_uid = view.exists, view.largest_uid
         found: list[ViewMessage] = []
         found_seqs: list[int] = []
         for chunk in self.chunks(list(view.numbered()), want_raw):
-            infos, raws = await self.load(chunk, want_info, want_raw)
+            headers: dict[int, SearchHeaders] = {}
+            infos: dict[int, MessageInfo] = {}
+            raws: dict[int, bytes] = {}
+            if headers_only:
+                headers = await self.load_headers(chunk)
+            else:
+                infos, raws = await self.load(chunk, want_info, want_raw)
             batch: list[tuple[s.SearchMessage, ViewMessage]] = []
             for seq, m in chunk:
                 info, raw = infos.get(m.blob_id), raws.get(m.blob_id)
-                if (want_info and info is None) or (want_raw and raw is None):
+                found_headers = headers.get(m.blob_id)
+                if headers_only and found_headers is None:
                     continue  # expunged by another session meanwhile
+                if not headers_only and (
+                    (want_info and info is None) or (want_raw and raw is None)
+                ):
+                    continue
                 flags = frozenset(view.flags_of(m))
                 batch.append((s.SearchMessage(seq, m.uid, flags, m.internaldate, m.size,
-                                              m.modseq, info, raw), m))  # fmt: skip
+                                              m.modseq, info, raw, found_headers), m))  # fmt: skip
             limits = (largest_seq, largest_uid)
             if want_info or want_raw:
                 hits = await asyncio.to_thread(_matching, key, batch, limits)
@@ -1081,6 +1110,15 @@ def _matching(
         for pair in batch
         if s.matches(key, pair[0], largest_seq=largest_seq, largest_uid=largest_uid)
     ]
+
+
+def _decode_headers(structures: dict[int, str | None]) -> dict[int, SearchHeaders]:
+    headers: dict[int, SearchHeaders] = {}
+    for blob_id, text in structures.items():
+        if text is not None:
+            with contextlib.suppress(ValueError):
+                headers[blob_id] = MessageInfo.search_headers_from_json(text)
+    return headers
 
 
 def _decode_structures(
