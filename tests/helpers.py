@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -30,6 +31,8 @@ def write_config(directory: Path, db_url: str, **sections: dict[str, object]) ->
             "pop3s": "127.0.0.1:0",
             "imap": "127.0.0.1:0",
             "imaps": "127.0.0.1:0",
+            "http": "127.0.0.1:0",
+            "https": "127.0.0.1:0",
         },
         # Nothing answers there: a test never reaches the Internet's DNS; those that need DNS
         # start a loopback server and say so.
@@ -82,6 +85,8 @@ class TidingsServer:
     process: subprocess.Popen[bytes] | None = None
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
     log_path: Path | None = None
+    # Global options before ``serve``, e.g. ["--log-format", "json"].
+    options: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 30) -> TidingsServer:
         self.log_path = self.config.parent / "server.log"
@@ -89,7 +94,8 @@ class TidingsServer:
         log = self.log_path.open("ab")
         offset = log.tell()  # only this run's lines count
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tidings", "--config", str(self.config), "serve"],
+            [sys.executable, "-m", "tidings", "--config", str(self.config), *self.options,
+             "serve"],
             stdout=log, stderr=log, env={**os.environ, **self.env},
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -98,7 +104,11 @@ class TidingsServer:
                 f.seek(offset)
                 text = f.read().decode(errors="replace")
             for line in text.splitlines():
-                m = READY.search(line)
+                message = line
+                if line.startswith("{"):  # --log-format json
+                    with contextlib.suppress(ValueError):
+                        message = json.loads(line).get("message", "")
+                m = READY.search(message)
                 if m:
                     self.addresses = {}
                     for item in m.group(1).split():
@@ -129,6 +139,11 @@ class TidingsServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode if self.process else None
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` (SIGTERM, SIGHUP...) to the running server."""
+        assert self.process is not None and self.process.poll() is None
+        self.process.send_signal(sig)
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:

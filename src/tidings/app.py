@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -11,24 +12,37 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from tidings import metrics
 from tidings.auth import Authenticator, AuthFailureLimiter
-from tidings.config import Config, ConfigError, parse_hostport
+from tidings.config import SECTIONS, Config, ConfigError, LimitsConfig, parse_hostport
 from tidings.delivery import MailDelivery
 from tidings.dns import Resolver
 from tidings.imap.session import ImapService, ImapSettings
+from tidings.logs import set_level
 from tidings.mailauth.dmarc import organizational_domain
 from tidings.pop3.session import Pop3Service, Pop3Settings
 from tidings.queue.worker import QueueRunner
 from tidings.smtp.inbound import InboundHandler
-from tidings.smtp.server import TidingsSMTP
+from tidings.smtp.server import SmtpSessions, TidingsSMTP
 from tidings.smtp.submission import SubmissionHandler
 from tidings.store.db import Store
 from tidings.store.notify import MailboxEvents
-from tidings.tls import server_context
+from tidings.tls import reload_certificate, server_context
+from tidings.web.app import WebServer
+from tidings.web.site import Site
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE = 10.0
+# What SIGHUP takes from a re-read config; any other change waits for a restart.
+RELOADABLE = frozenset(
+    {
+        "tls.cert",
+        "tls.key",
+        "log.level",
+        "server.shutdown_grace",
+        *(f"limits.{f.name}" for f in dataclasses.fields(LimitsConfig)),
+    }
+)
 
 
 async def start_listener(
@@ -63,6 +77,10 @@ class App:
         self.imap: ImapService | None = None
         self.events: MailboxEvents | None = None
         self.queue: QueueRunner | None = None
+        self.web: WebServer | None = None
+        self.smtp_sessions = SmtpSessions()
+        self.inbound: InboundHandler | None = None
+        self.submission: SubmissionHandler | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -89,11 +107,12 @@ class App:
                     resolver = self.resolver
                     # The public suffix list loads on first use (~60 ms): not on a session.
                     await asyncio.to_thread(organizational_domain, "example.com")
-                handler = InboundHandler(config, self.delivery, resolver)
+                self.inbound = handler = InboundHandler(config, self.delivery, resolver)
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
             await self._start_submission()
             await self._start_pop3()
             await self._start_imap()
+            await self._start_web()
             self.queue = QueueRunner(self.store, config, self.resolver, self.delivery)
             self.delivery.queue_taker = self.queue
             self.queue.start()
@@ -102,20 +121,29 @@ class App:
             raise
 
     def _smtp(self, handler: InboundHandler) -> TidingsSMTP:
-        return TidingsSMTP.from_config(handler, self.config, self.tls)
+        return self._tracked(TidingsSMTP.from_config(handler, self.config, self.tls))
+
+    def _tracked(self, session: TidingsSMTP) -> TidingsSMTP:
+        """An SMTP session a stop can reach (to say 421 at the right moment)."""
+        session.sessions = self.smtp_sessions
+        return session
 
     async def _start_submission(self) -> None:
         listen = self.config.listen
-        submission = SubmissionHandler(self.config, self.delivery, self.authenticator)
+        self.submission = submission = SubmissionHandler(
+            self.config, self.delivery, self.authenticator
+        )
         if listen.submission:
             await self._listen(
-                "submission", listen.submission, lambda: submission.smtp(self.tls, False)
+                "submission",
+                listen.submission,
+                lambda: self._tracked(submission.smtp(self.tls, False)),
             )
         if listen.submissions:
             await self._listen(
                 "submissions",
                 listen.submissions,
-                lambda: submission.smtp(self.tls, True),
+                lambda: self._tracked(submission.smtp(self.tls, True)),
                 self.tls,
             )
 
@@ -157,6 +185,24 @@ class App:
         if config.listen.imaps:
             await self._listen("imaps", config.listen.imaps, imap.protocol_factory(True), self.tls)
 
+    async def _start_web(self) -> None:
+        listen = self.config.listen
+        if not (listen.http or listen.https):
+            return
+        self.web = web = WebServer(Site(self.config, self.store, self._sessions))
+        await web.start()
+        if listen.http:
+            await self._listen("http", listen.http, web.factory)
+        if listen.https:
+            await self._listen("https", listen.https, web.factory, self.tls)
+
+    def _sessions(self) -> dict[str, int]:
+        """Open connections per protocol, for the metrics gauge."""
+        return {
+            "imap": len(self.imap.connections) if self.imap else 0,
+            "pop3": len(self.pop3.connections) if self.pop3 else 0,
+        }
+
     async def _listen(
         self,
         name: str,
@@ -166,7 +212,9 @@ class App:
     ) -> None:
         host, port = parse_hostport(address)
         try:
-            server = await start_listener(name, host, port, factory, ssl_context)
+            server = await start_listener(
+                name, host, port, metrics.counted(name, factory), ssl_context
+            )
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise ConfigError(f"listen.{name}: cannot listen on {address}: {reason}") from None
@@ -175,33 +223,126 @@ class App:
         self.addresses[name] = f"{sockname[0]}:{sockname[1]}"
 
     async def stop(self) -> None:
-        """Stop accepting, let commits in progress finish, close the store."""
+        """Stop accepting at once; end IMAP (BYE) and POP3 (-ERR) sessions, and SMTP sessions
+        with 421 (RFC 5321 §3.8) — those in DATA after their reply; give those transactions
+        and the relay attempts under way ``server.shutdown_grace`` seconds; let commits in
+        progress finish; close the store. Nothing acknowledged is lost: a 250 is only sent
+        after its commit, and queue rows cut short are due again for the next start."""
+        grace = self.config.server.shutdown_grace
         for server in self.servers:
             server.close()
+        if self.web is not None:
+            await self.web.close()
         if self.pop3 is not None:
             await self.pop3.close()
         if self.imap is not None:
             await self.imap.close()
+        # From here commits leave their queue rows unclaimed, due for the next start.
+        self.delivery.queue_taker = None
+        smtp = asyncio.create_task(self.smtp_sessions.shutdown(grace))
         if self.queue is not None:
-            await self.queue.stop(SHUTDOWN_GRACE)
+            await self.queue.stop(grace)
+        told, dropped = await smtp
+        if told or dropped:
+            log.info(
+                "stop: %d SMTP sessions told 421 at once, %d cut off after %.0fs",
+                told,
+                dropped,
+                grace,
+            )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.delivery.drain(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(self.delivery.drain(), grace)
+        if self.queue is not None:
+            await self.queue.release()
         if self.events is not None:
             await self.events.close()
         await self.store.close()
 
+    def reload(self, new: Config) -> None:
+        """SIGHUP: load the certificate again and take the settings that can change while
+        running (RELOADABLE); new sessions see them, open ones keep theirs. Raises
+        ConfigError, changing nothing, when the new certificate cannot be used."""
+        old = self.config
+        cert = reload_certificate(self.tls, new)
+        changed = [key for key in _differences(old, new) if key not in RELOADABLE]
+        if changed:
+            log.warning("reload: %s changed; restart to apply", ", ".join(changed))
+        self.config = config = dataclasses.replace(
+            old,
+            tls=new.tls,
+            log=new.log,
+            limits=new.limits,
+            server=dataclasses.replace(old.server, shutdown_grace=new.server.shutdown_grace),
+        )
+        limits = config.limits
+        for handler in (self.inbound, self.submission):
+            if handler is not None:
+                handler.config = config
+        if self.imap is not None:
+            self.imap.settings = dataclasses.replace(
+                self.imap.settings,
+                timeout=limits.imap_timeout,
+                max_line=limits.imap_max_line,
+                max_literal=limits.imap_max_literal,
+                max_append=limits.max_message_size,
+            )
+        if self.pop3 is not None:
+            self.pop3.settings = dataclasses.replace(
+                self.pop3.settings, timeout=limits.pop3_timeout
+            )
+        self.auth_limiter.max_per_client = limits.auth_max_failures_per_ip
+        self.auth_limiter.max_per_account = limits.auth_max_failures_per_account
+        self.auth_limiter.window = limits.auth_failure_window
+        self.authenticator.failure_delay = limits.auth_failure_delay
+        log.info("reloaded: certificate %s, limits, log level", cert)
 
-async def serve(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
+
+def _differences(old: Config, new: Config) -> list[str]:
+    """The ``section.key`` names whose values differ between two configs."""
+    return [
+        f"{section}.{f.name}"
+        for section in SECTIONS
+        for f in dataclasses.fields(getattr(old, section))
+        if getattr(getattr(old, section), f.name) != getattr(getattr(new, section), f.name)
+    ]
+
+
+async def serve(
+    config: Config,
+    load: Callable[[], Config] | None = None,
+    *,
+    log_level_fixed: bool = False,
+) -> None:
+    """Run until SIGTERM or SIGINT. SIGHUP reads the config again with ``load`` (without it,
+    only the certificate files are read again) and applies what can change while running;
+    the log level too, unless the command line fixed it (``log_level_fixed``)."""
     app = App(config)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def hangup() -> None:
+        log.info("SIGHUP: reloading the configuration and certificate")
+        try:
+            new = load() if load is not None else app.config
+            app.reload(new)
+        except ConfigError as e:
+            log.error("reload failed; the running configuration stays: %s", e)
+            return
+        except Exception:
+            log.exception("reload failed; the running configuration stays")
+            return
+        if not log_level_fixed:
+            set_level(logging.getLevelName(app.config.log.level))
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     log.info("ready: %s", " ".join(f"{k}={v}" for k, v in app.addresses.items()))
     try:
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: listeners closed; finishing transactions under way")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         await app.stop()
+    log.info("stopped")

@@ -23,6 +23,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from tidings import metrics
 from tidings.store.accounts import AdminError, account_address, get_password_hash
 from tidings.store.db import Store, describe_db_error
 
@@ -282,6 +283,7 @@ class Authenticator:
             stored_hash = await get_password_hash(self.store, address) if address else None
         except (SQLAlchemyError, OSError) as e:
             self.limiter.withdraw(ip, address or user)  # our failure, not the client's
+            metrics.auth_failure(protocol, "unavailable")
             log.error("%s %s: login: %s", protocol, ip, describe_db_error(e))
             raise LoginRefused("Temporary server failure, try again later", temporary=True) from e
         # An unknown user costs a hash check too, so the reply time does not tell who exists.
@@ -289,10 +291,12 @@ class Authenticator:
         if not (valid and stored_hash and address):
             self.limiter.settle(ip, address or user)
             log.info("%s %s: authentication failed for %r", protocol, ip, user)
+            metrics.auth_failure(protocol, "invalid")
             await asyncio.sleep(self.failure_delay)
             raise LoginRefused("Authentication failed", temporary=False)
         self.limiter.withdraw(ip, address)
         log.info("%s %s: %s logged in", protocol, ip, address)
+        metrics.login(protocol)
         return address
 
     async def _reserve(self, ip: str, account: str, protocol: str) -> None:
@@ -304,6 +308,7 @@ class Authenticator:
                 asyncio.get_running_loop().time() > deadline
             ):
                 log.warning("%s %s: login for %r refused: too many failures", protocol, ip, account)
+                metrics.auth_failure(protocol, "rate_limited")
                 raise LoginRefused("Too many failed logins; try again later", temporary=True)
             await asyncio.sleep(0.02)
 

@@ -33,6 +33,7 @@ from tidings.config import (
     replace_section,
     to_toml,
 )
+from tidings.logs import FORMATS, RecordQueueHandler, formatter, set_level
 from tidings.store import accounts
 from tidings.store.accounts import AdminError, now
 from tidings.store.db import Store, StoreError
@@ -159,17 +160,23 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     from tidings.app import serve  # noqa: PLC0415 - keeps admin commands quick to start
 
-    # aiosmtpd logs every command line at INFO; Tidings logs one line per transaction itself.
-    logging.getLogger("mail.log").setLevel(max(logging.WARNING, logging.root.level))
+    # The command line (or $TIDINGS_LOG_LEVEL / $TIDINGS_LOG_FORMAT) wins over [log] in the
+    # config; a level from the config follows it on SIGHUP. aiosmtpd's per-command lines stay
+    # off (set_level): Tidings logs one line per transaction itself.
+    level_fixed = args.log_level is not None
+    set_level(logging.root.level if level_fixed else logging.getLevelName(config.log.level))
+    handlers = logging.root.handlers[:]
+    for handler in handlers:
+        handler.setFormatter(formatter(args.log_format or config.log.format))
     # Log lines are written by a thread of their own: a write per message on the event loop
     # cost a tenth of a submission's time on a busy machine.
-    handlers = logging.root.handlers[:]
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
-    logging.root.handlers[:] = [logging.handlers.QueueHandler(records)]
+    logging.root.handlers[:] = [RecordQueueHandler(records)]
     listener.start()
+    path = find_config_path(args.config)
     try:
-        run_loop(serve(config))
+        run_loop(serve(config, lambda: load_config(path), log_level_fixed=level_fixed))
     finally:
         listener.stop()
         logging.root.handlers[:] = handlers
@@ -278,17 +285,20 @@ def cmd_dns(args: argparse.Namespace, config: Config) -> None:
     from tidings.dns import Resolver  # noqa: PLC0415
 
     hostname = config.server.hostname
+    sts_policy = dnsrecords.configured_mta_sts_policy(config)
     domain, keys = run_loop(_with_store(config, lambda store: _dns_inputs(store, args.domain)))
     try:
         if args.action == "records":
-            records = dnsrecords.expected_records(domain, hostname, keys)
+            records = dnsrecords.expected_records(domain, hostname, keys, sts_policy=sts_policy)
             if args.json:
                 print(json.dumps(dnsrecords.records_json(domain, hostname, records), indent=2))
             else:
                 print(dnsrecords.render_zone(domain, records), end="")
             return
         resolver = Resolver.from_config(config.dns)
-        report = run_loop(dnsrecords.check_domain(resolver, domain, hostname, keys))
+        report = run_loop(
+            dnsrecords.check_domain(resolver, domain, hostname, keys, sts_policy=sts_policy)
+        )
     except dnsrecords.RecordError as e:
         raise CommandError(str(e)) from None
     if args.json:
@@ -404,7 +414,18 @@ def cmd_queue(args: argparse.Namespace, config: Config) -> None:
 def build_parser() -> Parser:
     parser = Parser(prog="tidings", description="Tidings mail server")
     parser.add_argument("--config", help="config file (default: $TIDINGS_CONFIG, ./tidings.toml)")
-    parser.add_argument("--log-level", default=os.environ.get("TIDINGS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("TIDINGS_LOG_LEVEL") or None,
+        help="DEBUG, INFO, WARNING or ERROR (default: $TIDINGS_LOG_LEVEL, else log.level in "
+        "the config, INFO)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("TIDINGS_LOG_FORMAT") or None,
+        help="text, or json: one object per line (default: $TIDINGS_LOG_FORMAT, else "
+        "log.format in the config, text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("init", help="write a config file with the embedded defaults")
@@ -525,19 +546,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the config — is for its own user only.
     os.umask(0o077)
     args = build_parser().parse_args(argv)
-    level = logging.getLevelName(args.log_level.upper())
+    given_level = args.log_level
+    if args.log_level is not None:
+        args.log_level = args.log_level.upper()
+    level = logging.getLevelName(args.log_level or "INFO")
     if not isinstance(level, int):
         print(
-            f"tidings: --log-level: unknown level {args.log_level!r} "
+            f"tidings: --log-level: unknown level {given_level!r} "
             "(use DEBUG, INFO, WARNING or ERROR)",
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if args.log_format is not None and args.log_format not in FORMATS:
+        print(
+            f"tidings: --log-format: unknown format {args.log_format!r} (use text or json)",
+            file=sys.stderr,
+        )
+        return 2
+    if not logging.root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter(args.log_format or "text"))
+        logging.root.addHandler(handler)
+    logging.root.setLevel(level)
     if args.command != "serve" and level > logging.DEBUG:
         # An admin command answers on stdout and fails with one line on stderr; the migration
         # notes of opening the store belong in the server's log, not on the terminal.

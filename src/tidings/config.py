@@ -32,6 +32,16 @@ class ConfigError(Exception):
 class ServerConfig:
     hostname: str = "localhost"
     data_dir: str = "data"
+    # Seconds SIGTERM waits for SMTP DATA transactions and relay attempts under way.
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # DEBUG, INFO, WARNING or ERROR; re-read on SIGHUP. --log-level wins when given.
+    level: str = "INFO"
+    # "text" or "json" (one object per line). --log-format wins when given.
+    format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,10 @@ class ListenConfig:
     # IMAP with STARTTLS (RFC 3501; 143 in production) and over implicit TLS (RFC 8314; 993).
     imap: str = "127.0.0.1:1143"
     imaps: str = "127.0.0.1:1993"
+    # HTTP (80 in production) and HTTPS (443, with the mail listeners' certificate): client
+    # autoconfiguration, the MTA-STS policy, /metrics and /healthz.
+    http: str = "127.0.0.1:8080"
+    https: str = "127.0.0.1:8443"
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,27 @@ class MailAuthConfig:
 
 
 @dataclass(frozen=True)
+class AutoconfigConfig:
+    # The ports mail clients are told to use (autoconfig, autodiscover, .mobileconfig): the
+    # public ones, which differ from listen.* behind NAT or a container's port mapping.
+    # 0 leaves a service out; so does an empty listen.* for it.
+    imaps: int = 993
+    imap: int = 143
+    pop3s: int = 995
+    pop3: int = 110
+    submissions: int = 465
+    submission: int = 587
+
+
+@dataclass(frozen=True)
+class MtaStsConfig:
+    # The policy served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt (RFC 8461 §3.2):
+    # "testing", "enforce" or "none", and how many seconds senders may cache it.
+    mode: str = "testing"
+    max_age: int = 604800
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     max_age: float = 5 * 24 * 3600.0
     # Seconds between attempts after a temporary failure; the last one repeats.
@@ -153,6 +188,7 @@ class QueueConfig:
 @dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -163,6 +199,8 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
+    autoconfig: AutoconfigConfig = field(default_factory=AutoconfigConfig)
+    mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)
     # Where the file was read from; relative paths in it are relative to its folder.
     base_dir: str = "."
 
@@ -192,7 +230,10 @@ SIZE_KEYS = {
 }
 CHOICES = {
     ("limits", "bare_line_endings"): ("reject", "normalize"),
+    ("log", "level"): ("DEBUG", "INFO", "WARNING", "ERROR"),
+    ("log", "format"): ("text", "json"),
     ("mailauth", "dmarc_max_disposition"): ("reject", "quarantine", "none"),
+    ("mta_sts", "mode"): ("testing", "enforce", "none"),
 }
 
 
@@ -403,6 +444,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"relay.port: must be between 1 and 65535, got {config.relay.port}")
     for key, seconds in (
         ("dns.timeout", config.dns.timeout),
+        ("server.shutdown_grace", config.server.shutdown_grace),
         ("limits.smtp_timeout", config.limits.smtp_timeout),
         ("limits.pop3_timeout", config.limits.pop3_timeout),
         ("limits.imap_timeout", config.limits.imap_timeout),
@@ -421,6 +463,15 @@ def validate(config: Config) -> None:
             raise ConfigError(
                 f"mailauth.trusted_networks: not a network: {network!r} (use e.g. 10.0.0.0/8)"
             ) from None
+    for f in dataclasses.fields(AutoconfigConfig):
+        port = getattr(config.autoconfig, f.name)
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"autoconfig.{f.name}: must be a port (0 leaves it out), got {port}")
+    # RFC 8461 §3.2: max_age is at most 31557600 (about a year).
+    if not 0 < config.mta_sts.max_age <= 31557600:
+        raise ConfigError(
+            f"mta_sts.max_age: must be 1 to 31557600 seconds, got {config.mta_sts.max_age}"
+        )
     if config.database.url:
         async_database_url(config.database.url)
 

@@ -341,11 +341,27 @@ class MailDelivery:
         committed = await self.store.run_write(
             functools.partial(store_deliveries, deliveries, structures=structures, claim=claim)
         )
+        if log.isEnabledFor(logging.INFO):
+            for d, outcome in zip(deliveries, committed.outcomes, strict=True):
+                if outcome is None and d.local:
+                    _log_delivered(d)
         if committed.queued and self.queue_taker is not None:
             self.queue_taker.take(committed.queued, committed.contents)
         if self.events is not None:
             self.events.changed(committed.mailboxes)
         return committed.outcomes
+
+
+def _log_delivered(delivery: Delivery) -> None:
+    """The local delivery line: which accounts got a copy of message ``id``."""
+    accounts = sorted({t.address for t in delivery.local})
+    log.info(
+        "delivered id=%s to=%s%s",
+        delivery.id,
+        ",".join(f"<{a}>" for a in accounts),
+        " quarantined" if delivery.junk else "",
+        extra={"queue_id": delivery.id, "to": accounts, "junk": delivery.junk},
+    )
 
 
 async def _analyses(deliveries: list[Delivery]) -> list[str | None]:

@@ -14,8 +14,10 @@ The choices, for a domain whose mail all comes and goes through this one host:
   legitimate mail aligns; quarantine rather than reject so that a message broken by a mailing
   list lands in Junk instead of bouncing, while the aggregate reports show what fails.
   postmaster is the one address RFC 5321 §4.5.1 already requires to exist.
-* MTA-STS in ``testing`` mode (RFC 8461 §5): a receiver never refuses mail because of it, so the
-  self-signed default certificate cannot cost mail; TLS-RPT reports say when enforce is safe.
+* MTA-STS in the mode of ``mta_sts.mode``, by default ``testing`` (RFC 8461 §5): a receiver
+  never refuses mail because of it, so the self-signed default certificate cannot cost mail;
+  TLS-RPT reports say when enforce is safe. The ``id`` is derived from the policy text the HTTP
+  listener serves (:func:`mta_sts_policy`), so it moves by itself whenever the policy changes.
 * SRV (RFC 6186, RFC 8314 §5.1) with the production ports, implicit TLS preferred (priority 0)
   over STARTTLS (priority 10).
 
@@ -39,6 +41,7 @@ import dns.reversename
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from tidings.config import Config
 from tidings.dns import DNSTempError, IPAddress, NXDomain, Resolver, is_null_mx, name_text, to_name
 from tidings.mailauth import spf
 
@@ -165,10 +168,16 @@ def dkim_txt(private_pem: str) -> str:
     return f"v=DKIM1; k={k}; p={base64.b64encode(public).decode('ascii')}"
 
 
-def mta_sts_policy(hostname: str, mode: str = MTA_STS_MODE) -> str:
+def mta_sts_policy(hostname: str, mode: str = MTA_STS_MODE, max_age: int = MTA_STS_MAX_AGE) -> str:
     """The policy file served at ``https://mta-sts.DOMAIN/.well-known/mta-sts.txt``
-    (RFC 8461 §3.2), CRLF lines."""
-    return f"version: STSv1\r\nmode: {mode}\r\nmx: {hostname}\r\nmax_age: {MTA_STS_MAX_AGE}\r\n"
+    (RFC 8461 §3.2), CRLF lines; the one MX is this host."""
+    mx = _ascii(hostname)
+    return f"version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: {max_age}\r\n"
+
+
+def configured_mta_sts_policy(config: Config) -> str:
+    """The policy as ``config`` has it: what the HTTP listener serves and the id is taken of."""
+    return mta_sts_policy(config.server.hostname, config.mta_sts.mode, config.mta_sts.max_age)
 
 
 def mta_sts_id(policy: str) -> str:
@@ -178,9 +187,15 @@ def mta_sts_id(policy: str) -> str:
 
 
 def expected_records(
-    domain: str, hostname: str, dkim_keys: Sequence[DkimKey] = (), ttl: int = DEFAULT_TTL
+    domain: str,
+    hostname: str,
+    dkim_keys: Sequence[DkimKey] = (),
+    ttl: int = DEFAULT_TTL,
+    *,
+    sts_policy: str | None = None,
 ) -> list[Record]:
-    """Every record ``domain`` should publish, required ones first."""
+    """Every record ``domain`` should publish, required ones first. ``sts_policy``: the
+    MTA-STS policy text served (default: :func:`mta_sts_policy` with its defaults)."""
     domain, hostname = _ascii(domain), _ascii(hostname)
     host = f"{hostname}."
     report_to = f"mailto:postmaster@{domain}"
@@ -196,7 +211,7 @@ def expected_records(
         name, value = f"{key.selector}._domainkey.{domain}", dkim_txt(key.private_key)
         records.append(rec(f"DKIM {key.selector}", Kind.DKIM, name, "TXT", value, required=True))
     dmarc = f"v=DMARC1; p=quarantine; rua={report_to}"
-    sts = f"v=STSv1; id={mta_sts_id(mta_sts_policy(hostname))}"
+    sts = f"v=STSv1; id={mta_sts_id(sts_policy or mta_sts_policy(hostname))}"
     tlsrpt = f"v=TLSRPTv1; rua={report_to}"
     records += [
         rec("DMARC", Kind.DMARC, f"_dmarc.{domain}", "TXT", dmarc, required=True),
@@ -569,11 +584,16 @@ async def _check_mx_host(resolver: Resolver, host: str) -> Finding:
 
 
 async def check_domain(
-    resolver: Resolver, domain: str, hostname: str, dkim_keys: Sequence[DkimKey] = ()
+    resolver: Resolver,
+    domain: str,
+    hostname: str,
+    dkim_keys: Sequence[DkimKey] = (),
+    *,
+    sts_policy: str | None = None,
 ) -> CheckReport:
     """Look up every expected record and the host's properties; nothing raises for DNS."""
     domain, hostname = _ascii(domain), _ascii(hostname)
-    records = expected_records(domain, hostname, dkim_keys)
+    records = expected_records(domain, hostname, dkim_keys, sts_policy=sts_policy)
     host_finding, host_ips = await _check_host(resolver, hostname)
 
     def check(record: Record) -> Awaitable[Finding]:
@@ -604,6 +624,7 @@ __all__ = [
     "Status",
     "check_domain",
     "check_json",
+    "configured_mta_sts_policy",
     "dkim_txt",
     "expected_records",
     "mta_sts_id",

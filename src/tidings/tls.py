@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 import ssl
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -36,20 +38,67 @@ def server_context(config: Config) -> ssl.SSLContext:
     cert, key = certificate_paths(config)
     if not config.tls.cert and not (cert.exists() and key.exists()):
         write_self_signed(cert, key, config.server.hostname)
+    context = _new_context()
+    _load_pair(context, cert, key)
+    return context
+
+
+def reload_certificate(context: ssl.SSLContext, config: Config) -> Path:
+    """Load the (renewed) certificate and key of ``config`` into the live ``context``: new
+    connections get them, sessions already open keep the one they started with. The pair is
+    tried on a scratch context first, so a bad pair raises ConfigError and leaves ``context``
+    as it was. Both loads read one private copy of the files, so a renewal writing them at
+    that moment cannot slip a different pair into the second. Returns the certificate's path."""
+    cert, key = certificate_paths(config)
+    pair = []
+    for name, path in (("tls.cert", cert), ("tls.key", key)):
+        try:
+            pair.append(path.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
+    # The copy goes in the data dir when there is one: writable by design, unlike /tmp in
+    # some containers.
+    base = config.data_path if config.data_path.is_dir() else None
+    try:
+        scratch = Path(tempfile.mkdtemp(prefix=".tls-reload-", dir=base))
+    except OSError as e:
+        raise ConfigError(f"tls: no room to copy the certificate: {e.strerror}") from None
+    try:
+        cert_copy, key_copy = scratch / "cert.pem", scratch / "key.pem"
+        cert_copy.write_bytes(pair[0])
+        fd = os.open(key_copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pair[1])
+        try:
+            _new_context().load_cert_chain(cert_copy, key_copy)
+        except (ssl.SSLError, ValueError) as e:
+            raise ConfigError(f"tls.cert: {cert} and {key} are not a usable pair: {e}") from None
+        context.load_cert_chain(cert_copy, key_copy)
+    except OSError as e:
+        raise ConfigError(f"tls: cannot copy the certificate to {scratch}: {e.strerror}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cert
+
+
+def _new_context() -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
+
+
+def _load_pair(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     for name, path in (("tls.cert", cert), ("tls.key", key)):
         try:
             with path.open("rb"):
                 pass
         except OSError as e:
             raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.load_cert_chain(cert, key)
     except (ssl.SSLError, ValueError) as e:
         raise ConfigError(f"tls.cert: {cert} and {key} are not a usable pair: {e}") from None
-    return context
 
 
 def write_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tidings.mime import analyze
 from tidings.store import accounts, folders
 from tidings.store import mailbox as mb
-from tidings.store.db import MIGRATIONS_DIR, Store
+from tidings.store.db import MIGRATIONS_DIR, SCHEMA_HEAD, Store
 from tidings.store.filing import allocate_uids, insert_messages, store_blobs
 from tidings.store.folders import FolderError
 from tidings.store.models import Account, Blob, DirectorySerial, Expunged, Mailbox, Message
@@ -759,7 +759,7 @@ async def test_migration_0005_downgrades_and_upgrades_keeping_mail(store: Store)
     assert await count(store, Message.id) == 1
     async with store.write() as conn:
         await conn.run_sync(migrate("head"))
-    assert await store.schema_version() == "0005"
+    assert await store.schema_version() == SCHEMA_HEAD
     assert await count(store, Message.id) == 1
     assert (await folder(store, account_id)).recent_uid == 1
     assert await count(store, Mailbox.id, Mailbox.account_id == account_id) == 6

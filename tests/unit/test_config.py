@@ -78,8 +78,8 @@ def test_defaults() -> None:
 def test_every_section_is_a_frozen_dataclass() -> None:
     config = build()
     assert set(SECTIONS) == {
-        "server", "database", "tls", "listen", "dns", "relay", "limits", "delivery", "queue",
-        "pop3", "mailauth",
+        "server", "log", "database", "tls", "listen", "dns", "relay", "limits", "delivery",
+        "queue", "pop3", "mailauth", "autoconfig", "mta_sts",
     }  # fmt: skip
     for name in SECTIONS:
         section = getattr(config, name)

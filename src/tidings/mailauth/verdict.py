@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tidings import metrics
 from tidings.dns import Resolver
 from tidings.mailauth import arc as arc_
 from tidings.mailauth import dkim as dkim_
@@ -79,6 +80,7 @@ async def judge(
         authserv_id, spf=spf, dkim=dkim, dmarc=dmarc, extra=[arc.auth_results()]
     )
     arc_unsure = trusted and arc.temperror  # a pass here would have delivered the message
+    metrics.mailauth_results(spf.result, (r.result for r in dkim), dmarc.result)
     return Verdict(
         message, header, disposition, _refusal(spf, dkim, dmarc, disposition, arc_unsure)
     )

@@ -619,9 +619,12 @@ class Pop3Service:
         return lambda: Connection(self, implicit_tls)
 
     async def close(self) -> None:
-        """Drop every connection (no UPDATE: nothing is deleted) and release the locks."""
+        """Tell every client the server is going away (RFC 2449 §8 / RFC 3206 SYS/TEMP: try
+        later) and drop the connection — no UPDATE, so nothing is deleted — and release the
+        locks. A client waiting for a reply reads the -ERR as that reply."""
         tasks = [c.task for c in self.connections if c.task is not None]
         for c in list(self.connections):
+            c.write(err("Server shutting down", "SYS/TEMP"))
             c.close()
         for task in tasks:
             task.cancel()

@@ -105,6 +105,17 @@ def renew(conn: Connection, *, token: str, ids: Sequence[int], until: datetime) 
         )
 
 
+def release(conn: Connection, *, token: str, at: datetime) -> int:
+    """Hand back every row the stopped runner ``token`` still holds: due at ``at`` for any
+    runner, instead of when its lease would end. Returns how many."""
+    result = conn.execute(
+        update(QueueItem)
+        .where(QueueItem.claim == token, QueueItem.state == SENDING)
+        .values(next_attempt=at)
+    )
+    return int(result.rowcount or 0)
+
+
 def finish(conn: Connection, *, token: str, done: Sequence[int], retries: Sequence[Retry]) -> None:
     """Record outcomes: ``done`` rows (delivered, or bounced — the bounce already committed) are
     deleted, with their message's blob once nothing else refers to it; ``retries`` wait for

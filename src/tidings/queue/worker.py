@@ -31,6 +31,7 @@ from datetime import timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from tidings import metrics
 from tidings.address import AddressError, parse_mailbox
 from tidings.config import Config, parse_hostport
 from tidings.delivery import (
@@ -42,6 +43,7 @@ from tidings.delivery import (
     new_message_id,
 )
 from tidings.dns import DNSError, DNSTempError, NXDomain, Resolver
+from tidings.logs import header_message_id
 from tidings.queue import store as queue_store
 from tidings.queue.client import ConnectionFailed, Reply, SMTPClient
 from tidings.queue.dsn import FailedRecipient, build_dsn
@@ -94,6 +96,38 @@ class Outgoing:
     sender: str
     content: bytes
     rows: list[Claimed]
+
+    @functools.cached_property
+    def message_id(self) -> str:
+        """The Message-ID header, for log lines."""
+        return header_message_id(self.content)
+
+
+def log_attempt(
+    message: Outgoing, rows: Sequence[Claimed], status: str, detail: str, relay: str = ""
+) -> None:
+    """One line per delivery attempt and outcome, found by queue id or Message-ID:
+    ``relay id=… msgid=… from=<…> to=… relay=… status=sent|deferred|bounced (reply)``."""
+    recipients = [r.recipient for r in rows]
+    log.info(
+        "relay id=%s msgid=%s from=<%s> to=%s relay=%s status=%s (%s)",
+        message.queue_id,
+        message.message_id or "-",
+        message.sender,
+        ",".join(recipients),
+        relay or "-",
+        status,
+        detail,
+        extra={
+            "queue_id": message.queue_id,
+            "message_id": message.message_id,
+            "mail_from": message.sender,
+            "to": recipients,
+            "relay": relay,
+            "status": status,
+            "detail": detail,
+        },
+    )
 
 
 @dataclass
@@ -208,7 +242,22 @@ class QueueRunner:
         for task in [*self._tasks, *self._jobs]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._jobs, return_exceptions=True)
+        if self._settler is not None:
+            await asyncio.wait([self._settler], timeout=grace)
         await self._close_idle(0.0)
+
+    async def release(self) -> None:
+        """After :meth:`stop` and the last commit: the rows this runner still holds (attempts
+        cut short, rows a commit claimed for it while it stopped) are due again now, for the
+        next start or another process, rather than when their lease would end."""
+        release = functools.partial(queue_store.release, token=self.token, at=now())
+        try:
+            count = await self.store.run_write(release)
+        except (StoreError, SQLAlchemyError, OSError) as e:
+            log.warning("queue: rows in flight wait for their lease to end: %s", e)
+            return
+        if count:
+            log.info("queue: %d rows in flight handed back for the next start", count)
 
     async def _close_idle_connections(self) -> None:
         while True:
@@ -300,7 +349,9 @@ class QueueRunner:
             try:
                 hops = await self._route(domain)
             except RouteError as e:
-                log.info("queue: %s: %s", domain, e)
+                for message in messages:
+                    log_attempt(message, message.rows, "bounced" if e.permanent else "deferred",
+                                f"{domain}: {e}")  # fmt: skip
                 if e.permanent:
                     outcomes.permanent(rows, e.status, None, None)
                 else:
@@ -446,12 +497,7 @@ class QueueRunner:
                 if client is not None:
                     await self._keep_connection(hop, client)
             for message in pending:
-                log.info(
-                    "relay id=%s to=%s status=deferred (%s)",
-                    message.queue_id,
-                    ",".join(r.recipient for r in message.rows),
-                    last_error,
-                )
+                log_attempt(message, message.rows, "deferred", last_error)
                 outcomes.temporary(message.rows, last_error, last_mta)
 
     def _idle_connection(self, hop: Hop) -> SMTPClient | None:
@@ -548,7 +594,7 @@ class QueueRunner:
             message.sender, [r.recipient for r in message.rows], message.content, options
         )
         if not tx.mail.ok:
-            self._refused(message.rows, tx.mail, mta, outcomes, message.queue_id)
+            self._refused(message.rows, tx.mail, mta, outcomes, message)
             await client.rset()
             return
         accepted: list[Claimed] = []
@@ -556,24 +602,17 @@ class QueueRunner:
             if reply.ok:
                 accepted.append(row)
             else:
-                self._refused([row], reply, mta, outcomes, message.queue_id)
+                self._refused([row], reply, mta, outcomes, message)
         if not accepted or tx.data is None:
             await client.rset()
             return
         if not tx.data.ok:
-            self._refused(accepted, tx.data, mta, outcomes, message.queue_id)
+            self._refused(accepted, tx.data, mta, outcomes, message)
             await client.rset()
             return
         outcomes.done.extend(r.id for r in accepted)
-        log.info(
-            "relay id=%s from=<%s> to=%s relay=%s[%s]:%d status=sent (%s)",
-            message.queue_id,
-            message.sender,
-            ",".join(r.recipient for r in accepted),
-            hop.host,
-            hop.ip,
-            hop.port,
-            one_line(tx.data.text),
+        log_attempt(
+            message, accepted, "sent", one_line(tx.data.text), f"{hop.host}[{hop.ip}]:{hop.port}"
         )
 
     def _refused(
@@ -582,18 +621,11 @@ class QueueRunner:
         reply: Reply,
         mta: str,
         outcomes: Outcomes,
-        queue_id: str,
+        message: Outgoing,
     ) -> None:
         text = one_line(reply.text)
         permanent = 500 <= reply.code < 600
-        log.info(
-            "relay id=%s to=%s relay=%s status=%s (%s)",
-            queue_id,
-            ",".join(r.recipient for r in rows),
-            mta,
-            "bounced" if permanent else "deferred",
-            text,
-        )
+        log_attempt(message, rows, "bounced" if permanent else "deferred", text, mta)
         if permanent:
             status = reply_status(reply.code, text.partition(" ")[2])
             outcomes.permanent(rows, status, f"smtp; {text}", mta)
@@ -633,6 +665,7 @@ class QueueRunner:
         if failed:
             done.extend(await self._bounce(failed, contents))
         await self._settle(done, retries)
+        metrics.deliveries(sent=len(outcomes.done), deferred=len(retries), bounced=len(failed))
 
     async def _settle(self, done: list[int], retries: list[Retry]) -> None:
         """Record outcomes; batches finishing together share one commit."""
@@ -689,9 +722,16 @@ class QueueRunner:
     ) -> bool:
         """True once the DSN is committed (or none is due); False to try again later."""
         recipients = ", ".join(e[0].recipient for e in entries)
+        msgid = header_message_id(original) or "-"
         if not first.sender:
             # RFC 5321 §3.6.3 and §4.5.5: a bounce is never bounced.
-            log.info("relay id=%s to=%s status=bounced; null sender, no DSN", queue_id, recipients)
+            log.info(
+                "relay id=%s msgid=%s to=%s status=bounced; null sender, no DSN",
+                queue_id,
+                msgid,
+                recipients,
+                extra={"queue_id": queue_id, "message_id": msgid, "status": "bounced"},
+            )
             return True
         dsn = build_dsn(
             reporting_mta=self.hostname,
@@ -734,11 +774,18 @@ class QueueRunner:
             log.error("relay id=%s: DSN to <%s> not stored: %s", queue_id, first.sender, e)
             return False
         log.info(
-            "relay id=%s to=%s status=bounced; DSN %s to <%s>",
+            "relay id=%s msgid=%s to=%s status=bounced; DSN %s to <%s>",
             queue_id,
+            msgid,
             recipients,
             bounce_id,
             first.sender,
+            extra={
+                "queue_id": queue_id,
+                "message_id": msgid,
+                "status": "bounced",
+                "dsn_id": bounce_id,
+            },
         )
         return True
 

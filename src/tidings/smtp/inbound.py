@@ -18,6 +18,7 @@ from tidings.address import Address
 from tidings.config import Config
 from tidings.delivery import Delivery, MailDelivery, RecipientError, combine, new_message_id
 from tidings.dns import Resolver
+from tidings.logs import header_message_id
 from tidings.mailauth.dmarc import Policy
 from tidings.mailauth.spf import spf_for_session
 from tidings.mailauth.verdict import judge
@@ -121,8 +122,7 @@ class InboundHandler:
                 may_relay=False,
             )
         except RecipientError as e:
-            log.info("rcpt refused peer=%s to=<%s>: %s", session.peer, address, e.reply)
-            return e.reply
+            return e.reply  # the engine logs the refusal
 
     async def handle_DATA(
         self, server: TidingsSMTP, session: Any, envelope: TidingsEnvelope
@@ -130,6 +130,8 @@ class InboundHandler:
         message_id = new_message_id()
         assert isinstance(envelope.content, bytes)
         message, junk = envelope.content, False
+        envelope.queue_id = message_id
+        envelope.message_id = header_message_id(message)
         trace = received_header(server, session, envelope, message_id)
         if self.resolver is not None and envelope.spf_check is not None:
             verdict = await judge(
@@ -141,8 +143,7 @@ class InboundHandler:
                 trusted_arc_sealers=self.config.mailauth.trusted_arc_sealers,
             )
             if verdict.refusal is not None:
-                log.info("message %s refused: %s", message_id, verdict.refusal)
-                return verdict.refusal
+                return verdict.refusal  # the engine logs it, with the queue id
             message, junk = verdict.message, verdict.disposition is Policy.QUARANTINE
             trace = verdict.header + trace
         local, remote = combine(envelope.resolutions)
@@ -154,20 +155,13 @@ class InboundHandler:
             remote=remote,
             junk=junk,
         )
+        envelope.message_size = len(delivery.content)
         try:
             await self.delivery.deliver(delivery)
         except RecipientError as e:
-            log.info("message %s refused: %s", message_id, e.reply)
             return e.reply
         except StoreError as e:
             log.error("message %s not stored: %s", message_id, e)
             return "451 4.3.0 Message not stored (storage unavailable), try again later"
-        log.info(
-            "accepted id=%s from=<%s> rcpts=%d size=%d peer=%s",
-            message_id,
-            envelope.mail_from,
-            len(envelope.rcpt_tos),
-            len(delivery.content),
-            session.peer,
-        )
+        # The engine logs the transaction (TidingsSMTP.log_transaction) with this reply.
         return f"250 2.0.0 Ok: queued as {message_id}"

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
+import json
 import logging
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Self, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from tidings import metrics
 from tidings.address import Address, AddressError, parse_params, parse_path
 from tidings.config import Config
 
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 TLS_HANDSHAKE_TIMEOUT = 30.0
 END_OF_DATA = b"\r\n.\r\n"
+# RFC 5321 §3.8: a server that must stop says 421 and closes, between transactions.
+SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
 # Enhanced status codes (RFC 3463) for replies whose text does not carry one already.
 DEFAULT_ENHANCED = {
     211: "2.0.0", 214: "2.0.0", 221: "2.0.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
@@ -72,10 +78,81 @@ class TidingsEnvelope(Envelope):
         self.bdat_failed: str | None = None
         # The SPF check a handler may start at MAIL FROM and await at the end of DATA.
         self.spf_check: asyncio.Task[Any] | None = None
+        # For the transaction's log line, set by the DATA hook: the queue id (the id in the
+        # 250 reply), the Message-ID header, the size as stored, and the hook's own fields.
+        self.queue_id: str | None = None
+        self.message_id: str = ""
+        self.message_size: int | None = None
+        self.log_fields: dict[str, Any] = {}
+
+
+class SmtpSessions:
+    """The open SMTP sessions of the process, so that a stop can end each one at the right
+    moment (RFC 5321 §3.8): at once with 421 when it is between transactions or still
+    giving its envelope, after its reply when it is in DATA or BDAT."""
+
+    def __init__(self) -> None:
+        self.open: set[TidingsSMTP] = set()
+        self.closing = False
+        self._empty = asyncio.Event()
+
+    def add(self, session: TidingsSMTP) -> None:
+        self.open.add(session)
+        if self.closing:
+            session.request_shutdown()
+
+    def discard(self, session: TidingsSMTP) -> None:
+        self.open.discard(session)
+        if self.closing and not self.open:
+            self._empty.set()
+
+    async def shutdown(self, grace: float) -> tuple[int, int]:
+        """Say 421 to every idle session, let those in DATA finish for up to ``grace``
+        seconds, then drop the rest (they got no 250, so they keep their message and try
+        again). Returns (sessions told 421 at once, sessions dropped after the grace)."""
+        self.closing = True
+        sessions = list(self.open)
+        for session in sessions:
+            session.request_shutdown()
+        busy = sum(1 for s in sessions if s.in_data_transaction)
+        if self.open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), grace)
+        left = list(self.open)
+        for session in left:
+            session.abort()
+        return len(sessions) - busy, len(left)
+
+
+def _finishes_before_stop(
+    method: Callable[[TidingsSMTP, str | None], Awaitable[None]],
+) -> Callable[[TidingsSMTP, str | None], Awaitable[None]]:
+    """DATA and BDAT run to their reply even when a stop is asked for meanwhile; the 421
+    follows the reply."""
+
+    @functools.wraps(method)
+    async def run(self: TidingsSMTP, arg: str | None) -> None:
+        if self.shutting_down and not self.in_data_transaction:
+            return  # the 421 is out already; this command came too late
+        self._in_data = True
+        try:
+            await method(self, arg)
+        finally:
+            self._in_data = False
+        if self.shutting_down and not self.in_data_transaction:
+            self.say_goodbye()
+
+    return run
 
 
 class TidingsSMTP(SMTP):
     """aiosmtpd's protocol engine with the extensions a modern MX speaks."""
+
+    # The name in log lines; the registry a stop reaches the session through (set by the
+    # listener's factory).
+    protocol_name = "smtp"
+    sessions: SmtpSessions | None = None
+    metrics_service = "smtp"  # the service label of the SMTP metrics
 
     def __init__(
         self,
@@ -110,6 +187,8 @@ class TidingsSMTP(SMTP):
         self.bare_line_endings = bare_line_endings
         self.implicit_tls = implicit_tls
         self._started_tls = False
+        self._in_data = False
+        self.shutting_down = False
 
     @classmethod
     def from_config(
@@ -153,7 +232,83 @@ class TidingsSMTP(SMTP):
         return self.implicit_tls or getattr(self, "_started_tls", False)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
+        if self.shutting_down and (self.transport is None or self.transport.is_closing()):
+            return  # the 421 has been said and the connection is closing
         await super().push(with_enhanced_code(status))
+
+    # --- stopping (RFC 5321 §3.8) ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.sessions is not None:
+            self.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self.sessions is not None:
+            self.sessions.discard(self)
+
+    @property
+    def in_data_transaction(self) -> bool:
+        """In DATA or BDAT, or between the BDAT chunks of one message."""
+        return self._in_data or (self.envelope is not None and self.env.bdat is not None)
+
+    def request_shutdown(self) -> None:
+        """421 now, or after the reply of the DATA/BDAT transaction under way."""
+        self.shutting_down = True
+        if not self.in_data_transaction:
+            self.say_goodbye()
+
+    def say_goodbye(self) -> None:
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            transport.write(SHUTTING_DOWN)
+            transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection without a word (the grace period is over)."""
+        if self.transport is not None:
+            cast(asyncio.WriteTransport, self.transport).abort()
+
+    # --- the transaction's log line --------------------------------------------------------------
+
+    def log_context(self) -> dict[str, Any]:
+        """Fields of this session for log lines (a subclass adds the user)."""
+        return {}
+
+    def log_transaction(
+        self, envelope: TidingsEnvelope, reply: str, recipients: Sequence[str] | None = None
+    ) -> None:
+        """One line for a transaction's outcome: accepted (the 250 with its queue id) or
+        refused (at MAIL, RCPT — ``recipients`` are then the refused ones — or DATA)."""
+        stage = "data" if recipients is None else "rcpt" if recipients else "mail"
+        metrics.smtp_reply(self.metrics_service, stage, reply)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        peer = self.sess.peer
+        rcpts = [_printable(r) for r in (envelope.rcpt_tos if recipients is None else recipients)]
+        fields: dict[str, Any] = {
+            "service": self.protocol_name,
+            "queue_id": envelope.queue_id or "",
+            "client": str(peer[0]) if isinstance(peer, tuple) else str(peer),
+            "helo": _printable(self.sess.host_name or ""),
+            **self.log_context(),
+            "mail_from": _printable(envelope.mail_from or ""),
+            "rcpts": len(rcpts),
+            "to": rcpts,
+            "size": envelope.message_size,
+            "message_id": envelope.message_id,
+            "result": with_enhanced_code(reply),
+            **envelope.log_fields,
+        }
+        text = " ".join(
+            f"from=<{value}>"
+            if key == "mail_from"
+            else f"{_TEXT_KEYS.get(key, key)}={_text_value(value)}"
+            for key, value in fields.items()
+            if key != "service"
+        )
+        log.info("%s %s", self.protocol_name, text, extra=fields)
 
     async def _hook(self, name: str, *args: Any) -> str | None:
         hook: Callable[..., Any] | None = self._handle_hooks.get(name)
@@ -281,6 +436,10 @@ class TidingsSMTP(SMTP):
             await self.push("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
             return
         status = await self._hook("MAIL", address, params)
+        if status is not None and not status.startswith("2"):
+            refused = TidingsEnvelope()
+            refused.mail_from = str(address) if address else ""
+            self.log_transaction(refused, status, ())
         if status is None or status.startswith("250"):
             self.env.sender = address
             self.env.mail_from = str(address) if address else ""
@@ -329,6 +488,8 @@ class TidingsSMTP(SMTP):
             await self.push("553 5.6.7 Non-ASCII address needs SMTPUTF8 in MAIL FROM")
             return
         status = await self._hook("RCPT", address, params)
+        if status is not None and not status.startswith("2"):
+            self.log_transaction(self.env, status, [str(address)])
         if status is None:
             self.env.recipients.append(address)
             self.env.rcpt_tos.append(str(address))
@@ -349,6 +510,7 @@ class TidingsSMTP(SMTP):
 
     # --- DATA ----------------------------------------------------------------------------------
 
+    @_finishes_before_stop
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self._need_helo():
             return
@@ -364,10 +526,11 @@ class TidingsSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         body, too_big = await self._read_dot_data()
         if too_big:
+            envelope = self.env
             self._reset_envelope()
-            await self.push(
-                f"552 5.3.4 Message too big: the limit is {self.max_message_size} bytes"
-            )
+            reply = f"552 5.3.4 Message too big: the limit is {self.max_message_size} bytes"
+            self.log_transaction(envelope, reply)
+            await self.push(reply)
             return
         # RFC 5321 §4.5.2: remove the leading dot of every dot-stuffed line.
         if body.startswith(b"."):
@@ -409,6 +572,7 @@ class TidingsSMTP(SMTP):
 
     # --- BDAT (RFC 3030) -----------------------------------------------------------------------
 
+    @_finishes_before_stop
     async def smtp_BDAT(self, arg: str | None) -> None:
         words = (arg or "").split()
         if (
@@ -443,6 +607,7 @@ class TidingsSMTP(SMTP):
         if envelope.bdat_failed is not None:
             failed = envelope.bdat_failed
             self._reset_envelope()
+            self.log_transaction(envelope, failed)
             await self.push(failed)
             return
         await self._finish_message(bytes(envelope.bdat))
@@ -477,20 +642,43 @@ class TidingsSMTP(SMTP):
 
     async def _finish_message(self, body: bytes) -> None:
         """Check line endings, hand the message to the DATA hook, reply, reset the envelope."""
+        envelope = self.env
         body, problem = check_line_endings(body, self.bare_line_endings)
         if problem:
             self._reset_envelope()
+            self.log_transaction(envelope, problem)
             await self.push(problem)
             return
         if body and not body.endswith(b"\r\n"):
             body += b"\r\n"  # a BDAT message may stop mid-line; stored lines end in CRLF
-        self.env.content = body
-        self.env.original_content = body
+        envelope.content = body
+        envelope.original_content = body
+        envelope.message_size = len(body)
         try:
             status = await self._hook("DATA")
         finally:
             self._reset_envelope()
-        await self.push(status or "250 2.0.0 OK")
+        reply = status or "250 2.0.0 OK"
+        # Logged before the reply is sent: a client gone meanwhile does not unmake the commit.
+        self.log_transaction(envelope, reply)
+        await self.push(reply)
+
+
+_TEXT_KEYS = {"queue_id": "id", "message_id": "msgid"}
+
+
+def _printable(text: str) -> str:
+    """Client-supplied text made safe for a log line (no control characters), bounded."""
+    return "".join(c if c.isprintable() else "?" for c in text)[:512]
+
+
+def _text_value(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, list):
+        return ",".join(f"<{v}>" for v in value) or "-"
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if (" " in text or '"' in text) else text
 
 
 def _is_number(text: str) -> bool:

@@ -41,6 +41,7 @@ from tidings.delivery import (
     combine,
     new_message_id,
 )
+from tidings.logs import header_message_id
 from tidings.mailauth.results import header_fields
 from tidings.mailauth.signing import SigningError, SigningKey, sign_message
 from tidings.smtp.inbound import received_header
@@ -57,6 +58,10 @@ NOT_YOURS = "553 5.7.1 Sender address {} is not yours: send as an address you ow
 
 class SubmissionSMTP(TidingsSMTP):
     """The SMTP engine with AUTH PLAIN/LOGIN, required before MAIL."""
+
+    protocol_name = "submission"
+
+    metrics_service = "submission"
 
     def __init__(self, handler: SubmissionHandler, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -160,6 +165,9 @@ class SubmissionSMTP(TidingsSMTP):
         self.sess.authenticated = True
         await self.push("235 2.7.0 Authentication successful")
 
+    def log_context(self) -> dict[str, Any]:
+        return {"user": self.user}
+
     async def smtp_MAIL(self, arg: str | None) -> None:
         if self.user is None:
             if await self._need_helo():
@@ -230,8 +238,7 @@ class SubmissionHandler:
         params: dict[str, str | None],
     ) -> str | None:
         if address is not None and not self.may_send_as(server, str(address)):
-            log.info("submission: %s may not send as <%s>", server.user, address)
-            return NOT_YOURS.format(f"<{address}>")
+            return NOT_YOURS.format(f"<{address}>")  # logged by the engine, with the user
         return None
 
     async def handle_RCPT(
@@ -260,9 +267,11 @@ class SubmissionHandler:
     ) -> str:
         assert isinstance(envelope.content, bytes)
         message_id = new_message_id()
+        envelope.queue_id = message_id
         header_end = envelope.content.find(b"\r\n\r\n")
         head = envelope.content if header_end < 0 else envelope.content[: header_end + 2]
         refusal, from_domain, added = self._check_header(server, head, message_id)
+        envelope.message_id = header_message_id(added + head)
         if refusal:
             return refusal
         content = added + envelope.content
@@ -283,6 +292,11 @@ class SubmissionHandler:
             local=local,
             remote=remote,
         )
+        envelope.message_size = len(delivery.content)
+        envelope.log_fields = {
+            "remote": len(remote),
+            "signed": ",".join(k.selector for k in keys) or "no",
+        }
         try:
             await self.delivery.deliver(delivery)
         except RecipientError as e:
@@ -290,16 +304,7 @@ class SubmissionHandler:
         except StoreError as e:
             log.error("message %s not stored: %s", message_id, e)
             return "451 4.3.0 Message not stored (storage unavailable), try again later"
-        log.info(
-            "submitted id=%s user=%s from=<%s> rcpts=%d remote=%d size=%d signed=%s",
-            message_id,
-            server.user,
-            envelope.mail_from,
-            len(envelope.rcpt_tos),
-            len(remote),
-            len(delivery.content),
-            ",".join(k.selector for k in keys) or "no",
-        )
+        # The engine logs the transaction (TidingsSMTP.log_transaction) with this reply.
         return f"250 2.0.0 Ok: queued as {message_id}"
 
     def _check_header(
@@ -318,7 +323,6 @@ class SubmissionHandler:
             return "550 5.6.0 The From header field holds no address", None, b""
         for address in addresses:
             if not self.may_send_as(server, address):
-                log.info("submission: %s may not send as From %s", server.user, address)
                 return NOT_YOURS.format(address), None, b""
         added = b""
         if b"date" not in names:
