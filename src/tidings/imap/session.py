@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,6 +36,7 @@ from tidings.auth import (
     decode_plain,
     decode_utf8,
 )
+from tidings.connection import ClientConnection, ConnectionClosed
 from tidings.imap import fetch as f
 from tidings.imap import parser as p
 from tidings.imap import responses as r
@@ -52,8 +53,6 @@ from tidings.store.notify import MailboxEvents, MailboxWatch
 log = logging.getLogger(__name__)
 
 MAX_BAD_COMMANDS = 50
-MAX_BUFFERED_INPUT = 256 * 1024
-TLS_HANDSHAKE_TIMEOUT = 30.0
 # FETCH and SEARCH read bodies in chunks of this many messages / bytes: memory stays bounded.
 CHUNK_MESSAGES = 200
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -98,10 +97,6 @@ class ImapError(Exception):
         self.status = status
 
 
-class ConnectionClosed(Exception):
-    pass
-
-
 class Unavailable(ImapError):
     def __init__(self) -> None:
         super().__init__("Temporary server failure, try again later", r.UNAVAILABLE)
@@ -110,85 +105,35 @@ class Unavailable(ImapError):
 # --- the connection ------------------------------------------------------------------------------
 
 
-class Connection(asyncio.Protocol):
+class Connection(ClientConnection):
     """One client connection: bytes in through a CommandReader, bytes out with flow control.
 
     The reader is replaced after STARTTLS, so nothing sent before the handshake can be taken
-    as a command of the protected session (RFC 3501 §6.2.1, the class of CVE-2011-0411).
+    as a command of the protected session (RFC 3501 §6.2.1).
     """
 
     def __init__(self, service: ImapService, implicit_tls: bool) -> None:
+        super().__init__(implicit_tls, service.connections)
         self.service = service
-        self.tls_active = implicit_tls
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
         self.reader = service.new_reader()
-        self._eof = False
-        self._readable = asyncio.Event()
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._writing_paused = False
-        self.task: asyncio.Task[None] | None = None
-        self.session: Session | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "?"
-        self.session = Session(self.service, self)
-        self.task = asyncio.get_running_loop().create_task(self.session.run())
-        self.service.connections.add(self)
-        self.task.add_done_callback(lambda _: self.service.connections.discard(self))
+    def run_session(self) -> Coroutine[Any, Any, None]:
+        return Session(self.service, self).run()
 
-    def data_received(self, data: bytes) -> None:
+    def take_input(self, data: bytes) -> int:
         self.reader.feed(data)
-        if self.reader.pending_bytes > MAX_BUFFERED_INPUT and not self._reading_paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._readable.set()
+        return self.reader.pending_bytes
 
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._readable.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._readable.set()
-        self._wake(self._drain_waiter)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._wake(self._drain_waiter)
-
-    @staticmethod
-    def _wake(waiter: asyncio.Future[None] | None) -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def drop_input(self) -> None:
+        self.reader = self.service.new_reader()
 
     async def wait_for_data(self) -> None:
-        """Return when more input (or its end) arrives; ConnectionClosed at the end.
-
-        An Event rather than a one-shot future: IDLE waits for input and for its mailbox at
-        once and cancels the loser, and a cancelled wait must not lose the next wake-up. The
-        caller calls :meth:`will_read` before it looks at the reader, so input arriving
-        between that look and this wait is not missed.
-        """
-        if self._eof:
+        """Until more input arrives after the last ``will_read``; ConnectionClosed at its end."""
+        if self.at_eof:
             raise ConnectionClosed
-        if self._reading_paused and self.transport is not None:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        await self._readable.wait()
-        if self._eof and not self.reader.pending_bytes:
+        await self.wait_readable()
+        if self.at_eof and not self.reader.pending_bytes:
             raise ConnectionClosed
-
-    def will_read(self) -> None:
-        self._readable.clear()
 
     async def next_event(self) -> p.ReadEvent:
         while True:
@@ -205,37 +150,6 @@ class Connection(asyncio.Protocol):
             if not isinstance(event, p.NeedMore):
                 return event
             await self.wait_for_data()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._eof and (self.transport is None or self.transport.is_closing()):
-            raise ConnectionClosed
-        while self._writing_paused and not self._eof:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
-
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        assert self.transport is not None
-        self.reader = self.service.new_reader()
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(
-            self.transport, self, context, server_side=True,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-        )  # fmt: skip
-        if transport is None:
-            raise ConnectionClosed
-        self.transport = transport
-        self.tls_active = True
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
 
 
 # --- the session ---------------------------------------------------------------------------------

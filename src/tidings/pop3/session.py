@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import cast
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,6 +34,7 @@ from tidings.auth import (
     decode_plain,
     decode_utf8,
 )
+from tidings.connection import MAX_BUFFERED_INPUT, ClientConnection, ConnectionClosed
 from tidings.pop3 import parser as p
 from tidings.pop3.lock import MaildropLocks
 from tidings.pop3.responses import (
@@ -57,9 +58,6 @@ MAX_BAD_COMMANDS = 20
 # same query, up to this many messages and bytes (bounded memory per session).
 READ_AHEAD_MESSAGES = 32
 READ_AHEAD_BYTES = 1024 * 1024
-# Reading pauses when this much unprocessed input is buffered (a client pipelining a flood).
-MAX_BUFFERED_INPUT = 256 * 1024
-TLS_HANDSHAKE_TIMEOUT = 30.0
 SASL_MECHANISMS = ("PLAIN", "LOGIN")
 
 
@@ -83,143 +81,48 @@ class LineTooLong(Exception):
     pass
 
 
-class ConnectionClosed(Exception):
-    pass
-
-
 # --- the connection: buffered line input, output with flow control, STLS ---------------------
 
 
-class Connection(asyncio.Protocol):
-    """One client connection; the session reads lines from it and writes bytes to it.
-
-    Its own input buffer (rather than a StreamReader) is what makes STLS safe: whatever the
-    client sent before the TLS handshake is dropped with the buffer, so no plaintext command
-    can be injected into the protected session (RFC 2595 §4, CVE-2011-0411's class of bug).
-    """
+class Connection(ClientConnection):
+    """One client connection; the session reads lines from it and writes bytes to it."""
 
     def __init__(self, service: Pop3Service, implicit_tls: bool) -> None:
+        super().__init__(implicit_tls, service.connections)
         self.service = service
-        self.tls_active = implicit_tls
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
         self._buffer = bytearray()
-        self._eof = False
-        self._data_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
-        self._writing_paused = False
-        self.task: asyncio.Task[None] | None = None
 
-    # asyncio.Protocol
+    def run_session(self) -> Coroutine[Any, Any, None]:
+        return Session(self.service, self).run()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but speak the same API.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "?"
-        session = Session(self.service, self)
-        self.task = asyncio.get_running_loop().create_task(session.run())
-        self.service.connections.add(self)
-        self.task.add_done_callback(lambda _: self.service.connections.discard(self))
-
-    def data_received(self, data: bytes) -> None:
+    def take_input(self, data: bytes) -> int:
         self._buffer += data
-        if len(self._buffer) > MAX_BUFFERED_INPUT and not self._reading_paused:
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._reading_paused = True
-        self._wake(self._data_waiter)
+        return len(self._buffer)
 
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wake(self._data_waiter)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._wake(self._data_waiter)
-        self._wake(self._drain_waiter)
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        self._wake(self._drain_waiter)
-
-    @staticmethod
-    def _wake(waiter: asyncio.Future[None] | None) -> None:
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # used by the session
+    def drop_input(self) -> None:
+        self._buffer.clear()
 
     async def readline(self, limit: int) -> bytes:
         """The next line with its LF; b"" at end of input; LineTooLong after skipping a line
         longer than ``limit``."""
         skipping = False
         while True:
+            self.will_read()
             nl = self._buffer.find(b"\n")
             if nl >= 0:
                 line = bytes(self._buffer[: nl + 1])
                 del self._buffer[: nl + 1]
-                self._maybe_resume()
+                if len(self._buffer) <= MAX_BUFFERED_INPUT // 2:
+                    self.resume_reading()
                 if skipping or len(line) > limit:
                     raise LineTooLong
                 return line
             if len(self._buffer) > limit:
                 self._buffer.clear()
-                self._maybe_resume()
                 skipping = True
-            if self._eof:
+            if self.at_eof:
                 return b""
-            self._data_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._data_waiter
-            finally:
-                self._data_waiter = None
-
-    def _maybe_resume(self) -> None:
-        if self._reading_paused and len(self._buffer) <= MAX_BUFFERED_INPUT // 2:
-            assert self.transport is not None
-            self._reading_paused = False
-            self.transport.resume_reading()
-
-    def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    async def drain(self) -> None:
-        if self._eof and (self.transport is None or self.transport.is_closing()):
-            raise ConnectionClosed
-        while self._writing_paused and not self._eof:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain_waiter
-            finally:
-                self._drain_waiter = None
-
-    async def start_tls(self, context: ssl.SSLContext) -> None:
-        """Upgrade to TLS (RFC 2595 §4); input buffered before it is discarded."""
-        assert self.transport is not None
-        self._buffer.clear()
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(
-            self.transport,
-            self,
-            context,
-            server_side=True,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-        )
-        if transport is None:
-            raise ConnectionClosed
-        self.transport = transport
-        self.tls_active = True
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+            await self.wait_readable()
 
 
 # --- the maildrop ------------------------------------------------------------------------------
