@@ -41,7 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings.address import Address, normalize_domain
 from tidings.config import DeliveryConfig
-from tidings.mime import analyze
+from tidings.mime import StoredForm, analyze, stored_form
 from tidings.store.accounts import now
 from tidings.store.db import Store, StoreError, describe_db_error
 from tidings.store.filing import (
@@ -364,8 +364,8 @@ def _log_delivered(delivery: Delivery) -> None:
     )
 
 
-async def _analyses(deliveries: list[Delivery]) -> list[str | None]:
-    """Per delivery, its IMAP analysis as stored (``MessageInfo.to_json()``), or None.
+async def _analyses(deliveries: list[Delivery]) -> list[StoredForm | None]:
+    """Per delivery, its IMAP analysis as stored (``mime.stored_form``), or None.
 
     Only messages with local copies need one (a queue-only message is never read by IMAP).
     The batch is analysed in one thread hand-over, off the event loop and before the write
@@ -382,12 +382,12 @@ async def _analyses(deliveries: list[Delivery]) -> list[str | None]:
     return [next(found) if d.local else None for d in deliveries]
 
 
-def _analyse_all(contents: list[bytes]) -> list[str | None]:
-    """``analyze(c).to_json()`` of each content; None (and a warning) where it fails."""
-    out: list[str | None] = []
+def _analyse_all(contents: list[bytes]) -> list[StoredForm | None]:
+    """``stored_form(analyze(c))`` of each content; None (and a warning) where it fails."""
+    out: list[StoredForm | None] = []
     for content in contents:
         try:
-            out.append(analyze(content).to_json())
+            out.append(stored_form(analyze(content)))
         except Exception:  # analyze should not raise; if it does, the message still goes in
             log.warning(
                 "MIME analysis of a %d-byte message failed; stored without it",
@@ -412,7 +412,7 @@ class Committed:
 def store_deliveries(
     deliveries: list[Delivery],
     conn: Connection,
-    structures: list[str | None] | None = None,
+    structures: list[StoredForm | None] | None = None,
     claim: QueueClaim | None = None,
 ) -> Committed:
     """Store ``deliveries`` in the caller's transaction; per delivery, None or its refusal.
@@ -431,7 +431,7 @@ def store_deliveries(
     used = {aid: u.used_bytes for aid, u in usage.items()}
     added: Counter[int] = Counter()
     accepted: list[Delivery] = []
-    accepted_structures: list[str | None] = []
+    accepted_structures: list[StoredForm | None] = []
     for i, d in enumerate(deliveries):
         per_account = Counter(t.account_id for t in d.local)
         full = [

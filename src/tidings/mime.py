@@ -193,6 +193,19 @@ class MessageInfo:
             raise ValueError(f"not a stored MessageInfo: {e}") from e
 
 
+@dataclass(frozen=True, slots=True)
+class StoredForm:
+    """What is stored beside a message's bytes: the analysis as JSON, and the ENVELOPE in wire
+    form, which a client's first sync fetches for every message."""
+
+    structure: str
+    envelope: bytes
+
+
+def stored_form(info: MessageInfo) -> StoredForm:
+    return StoredForm(info.to_json(), envelope_sexp(info))
+
+
 # ---------------------------------------------------------------------------------------------
 # analyze: raw bytes → MessageInfo
 

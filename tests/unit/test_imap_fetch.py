@@ -587,3 +587,28 @@ def test_sections_are_slices_of_the_bytes(raw: bytes, origin: int, length: int) 
 def _data(value: object) -> bytes:
     assert isinstance(value, Literal)
     return value.data
+
+
+@pytest.mark.parametrize(
+    ("text", "envelope_only"),
+    [
+        ("(UID FLAGS RFC822.SIZE ENVELOPE)", True),
+        ("ALL", True),
+        ("(FLAGS)", True),
+        ("FULL", False),
+        ("(ENVELOPE BODYSTRUCTURE)", False),
+        ("(ENVELOPE BODY.PEEK[HEADER])", False),
+        ("(ENVELOPE RFC822.HEADER)", False),
+    ],
+)
+def test_a_first_sync_is_answered_from_the_stored_envelope(text: str, envelope_only: bool) -> None:
+    from tidings.imap.fetch import needs_envelope_only
+    from tidings.mime import stored_form
+
+    attributes = attrs(text)
+    assert needs_envelope_only(attributes) == envelope_only
+    if envelope_only:
+        full = message(MIXED)
+        assert full.info is not None
+        stored = replace(full, info=None, raw=None, envelope=stored_form(full.info).envelope)
+        assert fetch_items(attributes, stored) == fetch_items(attributes, full)

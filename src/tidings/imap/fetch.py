@@ -43,6 +43,9 @@ class FetchMessage:
     """Given when ``needs_info(attributes)``."""
     raw: bytes | None = None
     """The stored bytes; given when ``needs_raw(attributes)``."""
+    envelope: bytes | None = None
+    """The ENVELOPE's stored wire form: enough instead of ``info`` when
+    ``needs_envelope_only(attributes)``."""
 
 
 # Items answered from MessageInfo, and items answered from the bytes; body sections use both,
@@ -57,6 +60,17 @@ def needs_info(attributes: Sequence[FetchAttribute]) -> bool:
     return any(
         (isinstance(a, FetchItem) and a.name in _INFO_ITEMS)
         or (isinstance(a, BodySection) and a.section != _WHOLE)
+        for a in attributes
+    )
+
+
+def needs_envelope_only(attributes: Sequence[FetchAttribute]) -> bool:
+    """Whether ENVELOPE is the only thing asked that needs MessageInfo: a client's first sync
+    (``FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)``) is answered from stored bytes alone."""
+    return not any(
+        (isinstance(a, FetchItem) and a.name in _INFO_ITEMS and a.name != "ENVELOPE")
+        or isinstance(a, BodySection)
+        or (isinstance(a, FetchItem) and a.name in _RAW_ITEMS)
         for a in attributes
     )
 
@@ -211,7 +225,7 @@ _SIMPLE: dict[str, Callable[[FetchMessage], Value]] = {
     "RFC822.SIZE": lambda m: m.size,
     "UID": lambda m: m.uid,
     "MODSEQ": _modseq,
-    "ENVELOPE": lambda m: Raw(envelope_sexp(_info(m))),
+    "ENVELOPE": lambda m: Raw(m.envelope if m.envelope is not None else envelope_sexp(_info(m))),
     "BODYSTRUCTURE": lambda m: Raw(bodystructure_sexp(_info(m), True)),
     "BODY": lambda m: Raw(bodystructure_sexp(_info(m), False)),
     "RFC822": lambda m: Literal(_raw(m)),

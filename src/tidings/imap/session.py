@@ -44,7 +44,7 @@ from tidings.imap import search as s
 from tidings.imap.listing import Folder, list_folders, lsub_folders
 from tidings.imap.sequence import SequenceSet
 from tidings.imap.view import InvalidNumbers, MailboxView, ViewMessage
-from tidings.mime import MessageInfo, SearchHeaders, analyze
+from tidings.mime import MessageInfo, SearchHeaders, analyze, envelope_sexp, stored_form
 from tidings.store import folders as fo
 from tidings.store import mailbox as mb
 from tidings.store.db import Store, describe_db_error
@@ -577,7 +577,7 @@ class Session:
         async with self.store.write() as db:
             try:
                 uidvalidity, uid = await mb.append_message(
-                    db, folder.id, command.message, command.flags, when, info.to_json()
+                    db, folder.id, command.message, command.flags, when, stored_form(info)
                 )
             except fo.FolderError as e:
                 raise ImapError(str(e), e.code) from None
@@ -807,14 +807,27 @@ class Session:
             command.changed_since is not None
             or any(isinstance(a, p.FetchItem) and a.name == "MODSEQ" for a in attributes)
         )
+        # A first sync (UID FLAGS RFC822.SIZE ENVELOPE) needs only the stored ENVELOPE bytes.
+        envelope_only = want_info and f.needs_envelope_only(attributes)
         for chunk in self.chunks(chosen, want_raw):
-            infos, raws = await self.load(chunk, want_info, want_raw)
+            envelopes: dict[int, bytes] = {}
+            infos: dict[int, MessageInfo] = {}
+            raws: dict[int, bytes] = {}
+            if envelope_only:
+                envelopes = await self.load_envelopes(chunk)
+            else:
+                infos, raws = await self.load(chunk, want_info, want_raw)
             for seq, m in chunk:
-                if (want_raw and m.blob_id not in raws) or (want_info and m.blob_id not in infos):
+                if envelope_only and m.blob_id not in envelopes:
                     continue  # expunged by another session meanwhile
+                if (want_raw and m.blob_id not in raws) or (
+                    want_info and not envelope_only and m.blob_id not in infos
+                ):
+                    continue
                 message = f.FetchMessage(
                     seq, m.uid, m.flags, m.uid in view.recent, m.internaldate, m.size,
                     m.modseq, infos.get(m.blob_id), raws.get(m.blob_id),
+                    envelopes.get(m.blob_id),
                 )  # fmt: skip
                 items = f.fetch_items(
                     attributes, message, add_uid=command.uid, add_modseq=add_modseq,
@@ -860,6 +873,19 @@ class Session:
         if want_info:
             infos = await asyncio.to_thread(_decode_structures, structures, raws)
         return infos, raws
+
+    async def load_envelopes(self, chunk: Sequence[tuple[int, ViewMessage]]) -> dict[int, bytes]:
+        """The ENVELOPE wire form of a chunk's messages, by blob id: stored at delivery, or
+        rendered from the analysis for older rows."""
+        blob_ids = sorted({m.blob_id for _, m in chunk})
+        async with self.store.read() as db:
+            stored = await mb.load_envelopes(db, blob_ids)
+        found = {b: env for b, env in stored.items() if env is not None}
+        older = [(0, m) for _, m in chunk if m.blob_id in stored and m.blob_id not in found]
+        if older:
+            infos, _ = await self.load(older, True, False)
+            found.update((b, envelope_sexp(info)) for b, info in infos.items())
+        return found
 
     async def load_headers(
         self, chunk: Sequence[tuple[int, ViewMessage]]

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest migration's revision. A store already there skips Alembic entirely (importing it
 # costs a CLI command a fifth of a second); a test keeps this equal to Alembic's head.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Any fixed number: it names the lock that serialises migrations across Tidings processes.
 MIGRATION_LOCK_ID = 0x7469_6469

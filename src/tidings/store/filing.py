@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
-from tidings.mime import MessageInfo, analyze
+from tidings.mime import MessageInfo, StoredForm, analyze
 from tidings.store.models import Account, Blob, Mailbox, Message, QueueItem
 
 
@@ -39,10 +39,10 @@ def store_blobs(
     conn: Connection,
     contents: Sequence[bytes],
     at: datetime,
-    structures: Sequence[str | None] | None = None,
+    structures: Sequence[StoredForm | str | None] | None = None,
 ) -> list[int]:
-    """Insert one blob per content, with its analysis (``MessageInfo.to_json()``, or None when
-    not computed) from ``structures`` in the same order; their ids in the same order."""
+    """Insert one blob per content, with its analysis (``mime.stored_form``, or the JSON alone,
+    or None when not computed) from ``structures`` in the same order; their ids in order."""
     if not contents:
         return []
     if structures is None:
@@ -53,9 +53,10 @@ def store_blobs(
             "size": len(c),
             "data": c,
             "created_at": at,
-            "structure": structure,
+            "structure": form.structure if isinstance(form, StoredForm) else form,
+            "envelope": form.envelope if isinstance(form, StoredForm) else None,
         }
-        for c, structure in zip(contents, structures, strict=True)
+        for c, form in zip(contents, structures, strict=True)
     ]
     result = conn.execute(insert(Blob).returning(Blob.id, sort_by_parameter_order=True), rows)
     return list(result.scalars())

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, bindparam, delete, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tidings.mime import StoredForm
 from tidings.store.accounts import delete_unreferenced_blobs
 from tidings.store.filing import allocate_uids, insert_messages, store_blobs
 from tidings.store.models import Account, Blob, Expunged, Mailbox, Message
@@ -270,6 +271,18 @@ async def load_structures(conn: AsyncConnection, blob_ids: Iterable[int]) -> dic
             select(Blob.id, Blob.structure).where(Blob.id.in_(ids[start : start + _CHUNK]))
         )
         found.update((bid, structure) for bid, structure in rows)
+    return found
+
+
+async def load_envelopes(conn: AsyncConnection, blob_ids: Iterable[int]) -> dict[int, bytes | None]:
+    """The stored ENVELOPE wire form of these blobs; None where there is none (older rows)."""
+    ids = sorted(set(blob_ids))
+    found: dict[int, bytes | None] = {}
+    for start in range(0, len(ids), _CHUNK):
+        rows = await conn.execute(
+            select(Blob.id, Blob.envelope).where(Blob.id.in_(ids[start : start + _CHUNK]))
+        )
+        found.update((bid, None if env is None else bytes(env)) for bid, env in rows)
     return found
 
 
@@ -591,7 +604,7 @@ async def append_message(  # noqa: PLR0917 - the signature the IMAP session was 
     data: bytes,
     flags: Iterable[str],
     internaldate: datetime,
-    structure: str | None,
+    structure: StoredForm | str | None,
 ) -> tuple[int, int]:
     """APPEND (RFC 3501 §6.3.11): store ``data`` as a new blob (with its analysis,
     ``MessageInfo.to_json()`` or None) and a message with the next UID; (UIDVALIDITY, UID)

@@ -106,6 +106,9 @@ class Blob(Base):
     # What IMAP needs of the bytes (tidings.mime.MessageInfo.to_json()), computed at delivery;
     # NULL when not computed yet (older rows, queue-only messages): see filing.blob_structure.
     structure: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The ENVELOPE as IMAP sends it (mime.envelope_sexp), computed with ``structure``: a
+    # client's first sync fetches it for every message, and reading it costs no parsing.
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class Message(Base):
