@@ -81,6 +81,11 @@ SUBJECT_WORD = "invoice"  # in about 1 subject of 12
 FROM_WORD = "carol"  # one sender of 55, weighted
 BODY_WORD = "zeppelin"  # in the body text of 1 message of 97 (in a text part, any encoding)
 FILL_BATCH = 500
+# --issue-targets (issue 4): sizes of 2 KB-200 KB, most small, some large attachments, as
+# (share, smallest, largest); the mean is about 24 KB.
+MIXED_SIZES = ((0.62, 2_300, 10_000), (0.23, 10_000, 40_000), (0.10, 40_000, 100_000),
+               (0.05, 100_000, 196_000))  # fmt: skip
+SIZE_BUCKETS = (5_000, 10_000, 40_000, 100_000, 200_000)
 
 
 # --- messages -------------------------------------------------------------------------------------
@@ -163,9 +168,10 @@ class Made:
 class MessageMaker:
     """Deterministic, varied messages of about 3-10 KB: message ``i`` is always the same."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, mixed: bool = False) -> None:
         rng = random.Random(seed)
         self.seed = seed
+        self.mixed = mixed  # MIXED_SIZES instead of 3-10 KB
         self.ascii_lines = line_pool(rng, 4000, False)
         self.accented_lines = line_pool(rng, 1000, True)
         self.start = datetime(2024, 1, 1, tzinfo=UTC)
@@ -211,9 +217,14 @@ class MessageMaker:
     def make(self, i: int) -> Made:
         rng = random.Random(self.seed * 1_000_003 + i)
         size = rng.randint(3300, 10000)
+        if self.mixed:
+            _, low, high = rng.choices(MIXED_SIZES, weights=[w for w, _, _ in MIXED_SIZES])[0]
+            size = rng.randint(low, high)
         name, address = rng.choices(SENDERS, weights=SENDER_WEIGHTS)[0]
         topic = rng.choice(TOPICS)
         kind = rng.random()
+        if size > 40_000:
+            kind = 0.75 + kind * 0.2  # what makes a message that large: an attachment
         if i % 12 == 5:
             subject = f"Invoice {1000 + i} for {topic}"
         elif kind < 0.3:
@@ -306,32 +317,33 @@ async def provision(db_url: str) -> None:
         await store.close()
 
 
-_MAKERS: dict[int, MessageMaker] = {}
+_MAKERS: dict[int, MessageMaker] = {}  # by seed * 2 + mixed
 
 
-def make_batch(seed: int, start: int, stop: int) -> list[Made]:
+def make_batch(seed: int, mixed: bool, start: int, stop: int) -> list[Made]:
     """Messages ``start`` to ``stop`` - 1 (in a worker process while the last batch commits)."""
-    maker = _MAKERS.get(seed) or _MAKERS.setdefault(seed, MessageMaker(seed))
+    key = seed * 2 + mixed
+    maker = _MAKERS.get(key) or _MAKERS.setdefault(key, MessageMaker(seed, mixed))
     return [maker.make(i) for i in range(start, stop)]
 
 
-async def fill(db_url: str, count: int, seed: int) -> int:
+async def fill(db_url: str, count: int, seed: int, mixed: bool) -> list[int]:
     """Deliver ``count`` messages to USER's INBOX in group commits of FILL_BATCH, the next
-    batch being written by another process meanwhile; the bytes delivered."""
+    batch being written by another process meanwhile; the size of each message delivered."""
     from tidings.address import parse_mailbox
     from tidings.config import DeliveryConfig, async_database_url
     from tidings.delivery import Delivery, MailDelivery
     from tidings.store.db import Store
 
     loop = asyncio.get_running_loop()
-    total = 0
+    sizes: list[int] = []
     # forked before the store starts its threads
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         starts = range(0, count, FILL_BATCH)
 
         def next_batch(start: int) -> asyncio.Future[list[Made]]:
             return loop.run_in_executor(
-                pool, make_batch, seed, start, min(count, start + FILL_BATCH)
+                pool, make_batch, seed, mixed, start, min(count, start + FILL_BATCH)
             )
 
         made = next_batch(0)
@@ -343,7 +355,7 @@ async def fill(db_url: str, count: int, seed: int) -> int:
                 batch = await made
                 if start + FILL_BATCH < count:
                     made = next_batch(start + FILL_BATCH)
-                total += sum(len(m.content) for m in batch)
+                sizes += [len(m.content) for m in batch]
                 deliveries = [
                     Delivery(f"fill{start + k}", m.sender, m.content, local, (), m.date)
                     for k, m in enumerate(batch)
@@ -353,7 +365,7 @@ async def fill(db_url: str, count: int, seed: int) -> int:
                     print(f"  filed {start + FILL_BATCH:,} ...", flush=True)
         finally:
             await store.close()
-    return total
+    return sizes
 
 
 class BenchFailed(Exception):
@@ -389,7 +401,8 @@ class Imap:
         self.counter = 0
 
     @classmethod
-    async def connect(cls, port: int, tls: ssl.SSLContext) -> Imap:
+    async def connect(cls, port: int, tls: ssl.SSLContext | None) -> Imap:
+        """Over TLS, or plain TCP when ``tls`` is None."""
         reader, writer = await asyncio.open_connection("localhost", port, ssl=tls, limit=64 * 2**20)
         client = cls(reader, writer)
         greeting = await client.response()
@@ -883,6 +896,351 @@ class Bench:
               f"(highest peak {highest / 2**20:.0f} MiB)")  # fmt: skip
 
 
+# --- issue 4: the targets ---------------------------------------------------------------------
+
+ISSUE_STEPS = ("select", "first-sync", "bodies-all", "ceiling", "idle-sessions")
+FIRST_SYNC = "FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)"
+TARGET_FIRST_SYNC = 1.0  # s, for 10,000 envelopes
+TARGET_BODIES = 120.0  # MB/s (10^6 bytes), over plain IMAP
+TARGET_IDLE_KB = 30.0  # KB (1024 bytes) of server RSS per idle IDLE session
+FD_MARGIN = 200  # descriptors beside the sessions: listeners, the store, logs
+
+
+def run_loop(coro: Awaitable[None]) -> None:
+    """On uvloop when it is installed (as the server is), so that the client's own overhead
+    is as small as Python makes it."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+def raise_nofile(sessions: int) -> str:
+    """Raise this process's soft RLIMIT_NOFILE for ``sessions`` connections (the server, a
+    child, inherits it); an error message when the hard limit is too low."""
+    import resource
+
+    need = sessions + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        return (
+            f"--idle-sessions {sessions}: the hard RLIMIT_NOFILE is {hard}, the bench and "
+            f"the server each need {need}; raise it (ulimit -Hn, limits.conf) or ask for fewer"
+        )
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return ""
+
+
+def canned_server(
+    port_queue: multiprocessing.Queue[int], response: bytes, cert: str, key: str
+) -> None:
+    """The ceiling: a server that answers any tagged command with ``response`` (a canned FETCH
+    of the mailbox's bodies) on a plain and a TLS port; as fast as Python can send it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    view = memoryview(response)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK canned\r\n")
+        while line := await reader.readline():
+            tag = line.split(b" ", 1)[0]
+            for k in range(0, len(view), 2**20):
+                writer.write(view[k : k + 2**20])
+                await writer.drain()
+            writer.write(tag + b" OK done\r\n")
+        writer.close()
+
+    async def main() -> None:
+        plain = await asyncio.start_server(serve, "127.0.0.1", 0)
+        secure = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+        for server in (plain, secure):
+            port_queue.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    run_loop(main())
+
+
+@dataclass
+class IssueBench(Bench):
+    """Issue 4's figures: SELECT, first sync, every body, and many IDLE sessions."""
+
+    directory: Path = Path()
+    sizes: list[int] = field(default_factory=list)  # RFC822.SIZE of each message
+    verdicts: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def client_timed(self) -> Callable[[], tuple[float, float, float]]:
+        """A stopwatch: wall, server CPU and client (this process's) CPU seconds since."""
+        t0, server, client = time.perf_counter(), cpu_seconds(self.pid), time.process_time()
+        return lambda: (
+            time.perf_counter() - t0,
+            cpu_seconds(self.pid) - server,
+            time.process_time() - client,
+        )
+
+    def verdict(self, target: str, measured: str, good: list[bool], note: str = "") -> None:
+        met = "met" if all(good) else "NOT met" if not any(good) else "met in some runs"
+        if not good:
+            met = "(no target)"
+        self.verdicts.append((target, measured, met + (f" ({note})" if note else "")))
+
+    async def plain_port(self) -> None:
+        """What port 143 offers before STARTTLS: there is no setting for a plain login."""
+        port = self.server.addresses.get("imap", ("", 0))[1]
+        if not port:
+            return
+        client = await Imap.connect(port, None)
+        reply = (await client.command("CAPABILITY", keep=True)).ok("CAPABILITY")
+        caps = b" ".join(reply.lines).decode().split()
+        await client.close()
+        print(f"  port 143 before STARTTLS offers: {' '.join(caps[2:])}")
+        if "LOGINDISABLED" in caps:
+            print("  → no login over plain IMAP (no config key allows it, unlike "
+                  "pop3.allow_insecure_auth): every figure below is over TLS (993); the "
+                  "'ceiling' step measures what plain TCP would give")  # fmt: skip
+
+    async def run(self, maker: MessageMaker) -> None:
+        steps = self.args.steps
+        print(f"client event loop: {type(asyncio.get_running_loop()).__module__}")
+        await self.plain_port()
+        client = await logged_in(self.imaps, self.tls)
+        reply = (await client.command("STATUS INBOX (MESSAGES SIZE)", keep=True)).ok("STATUS")
+        text = b"".join(reply.lines)
+        self.exists = int(re.findall(rb"MESSAGES (\d+)", text)[0])
+        total = int(re.findall(rb"SIZE (\d+)", text)[0])
+        print(f"INBOX: {self.exists:,} messages, {total / 1e6:.1f} MB; server RSS "
+              f"{proc_status(self.pid, 'VmRSS') / 2**20:.0f} MiB")  # fmt: skip
+        (await client.command("EXAMINE INBOX")).ok("EXAMINE")
+        reply = (await client.command("FETCH 1:* (RFC822.SIZE)", keep=True)).ok("SIZE")
+        self.sizes = [int(x) for x in re.findall(rb"RFC822\.SIZE (\d+)", b"".join(reply.lines))]
+        if "select" in steps:
+            await self.select_step(client)
+        else:
+            (await client.command("SELECT INBOX")).ok("SELECT")
+        if "first-sync" in steps:
+            await self.first_sync_step(client)
+        if "bodies-all" in steps:
+            await self.bodies_all_step(client)
+        await client.close()
+        if "ceiling" in steps:
+            await self.ceiling_step()
+        if "idle-sessions" in steps:
+            await self.idle_sessions_step(maker)
+        self.summary()
+
+    async def select_step(self, client: Imap) -> None:
+        walls, cpus = [], []
+        reset_peak(self.pid)
+        for _ in range(max(3, self.args.repeat)):
+            (await client.command("UNSELECT")).status  # noqa: B018 - not selected at first
+            watch = self.client_timed()
+            (await client.command("SELECT INBOX")).ok("SELECT")
+            wall, server, _ = watch()
+            walls.append(wall)
+            cpus.append(server)
+        self.peak = proc_status(self.pid, "VmHWM")
+        self.show(f"SELECT INBOX ({self.exists:,} messages)", walls, cpus)
+        self.verdict("SELECT INBOX", span(walls), [])
+
+    async def first_sync_step(self, client: Imap) -> None:
+        walls, cpus, clients = [], [], []
+        reset_peak(self.pid)
+        async with self.profiler.record("first-sync"):
+            for _ in range(max(3, self.args.repeat)):
+                watch = self.client_timed()
+                reply = (await client.command(FIRST_SYNC)).ok(FIRST_SYNC)
+                wall, server, own = watch()
+                if reply.untagged < self.exists:
+                    raise BenchFailed(f"{FIRST_SYNC}: {reply.untagged} of {self.exists}")
+                walls.append(wall)
+                cpus.append(server)
+                clients.append(own)
+        self.peak = proc_status(self.pid, "VmHWM")
+        self.show(FIRST_SYNC, walls, cpus,
+                  f"{rate(self.exists, walls, 'msg/s')}, client CPU {span(clients)}, "
+                  f"{reply.received / 2**20:.1f} MiB, at {time.strftime('%H:%M:%S')}")  # fmt: skip
+        # The target is for 10,000 messages: scaled when the INBOX holds another number.
+        limit = TARGET_FIRST_SYNC * self.exists / 10_000
+        self.verdict(f"first sync of {self.exists:,} envelopes < {limit:.2f} s", span(walls),
+                     [w < limit for w in walls], "over TLS")  # fmt: skip
+
+    async def bodies_all_step(self, client: Imap) -> None:
+        command = "UID FETCH 1:* (BODY.PEEK[])"
+        walls, cpus, clients, volume = [], [], [], 0
+        reset_peak(self.pid)
+        async with self.profiler.record("bodies-all"):
+            for _ in range(self.args.repeat):
+                watch = self.client_timed()
+                reply = (await client.command(command)).ok(command)
+                wall, server, own = watch()
+                if reply.untagged < self.exists:
+                    raise BenchFailed(f"{command}: {reply.untagged} of {self.exists}")
+                walls.append(wall)
+                cpus.append(server)
+                clients.append(own)
+                volume = reply.literal_bytes
+        self.peak = proc_status(self.pid, "VmHWM")
+        speeds = [volume / 1e6 / w for w in walls]
+        self.show(command, walls, cpus,
+                  f"{rate(volume, walls, 'MB/s', 1e-6)}, {rate(self.exists, walls, 'msg/s')}, "
+                  f"client CPU {span(clients)}")  # fmt: skip
+        per_cpu = [volume / 1e6 / c for c in cpus if c > 0]
+        if per_cpu:
+            print(f"  {'':<50} {volume / 1e6:.0f} MB each run; the server sends "
+                  f"{span(per_cpu, 'MB', digits=0)} per CPU second (TLS included)")  # fmt: skip
+        self.verdict(f"full bodies >= {TARGET_BODIES:.0f} MB/s (plain IMAP)",
+                     span(speeds, "MB/s", digits=0), [v >= TARGET_BODIES for v in speeds],
+                     "measured over TLS: plain login is refused")  # fmt: skip
+
+    async def ceiling_step(self) -> None:
+        """The same client reading a canned FETCH of the mailbox's bodies from a trivial Python
+        server, plain and TLS: what any Python server could reach on this machine."""
+        sizes = self.sizes
+        payload = random.Random(3).randbytes(max(sizes))
+        parts = []
+        for n, size in enumerate(sizes, 1):
+            parts += [
+                b"* %d FETCH (UID %d BODY[] {%d}\r\n" % (n, n, size),
+                payload[:size],
+                b")\r\n",
+            ]
+        response = b"".join(parts)
+        del parts
+        tls_dir = self.directory / "data/tls"
+        queue: multiprocessing.Queue[int] = multiprocessing.get_context("fork").Queue()
+        child = multiprocessing.get_context("fork").Process(
+            target=canned_server,
+            args=(queue, response, str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")),
+            daemon=True,
+        )
+        child.start()
+        try:
+            plain, secure = queue.get(timeout=30), queue.get(timeout=30)
+            for label, port, tls in (("plain TCP", plain, None), ("TLS", secure, self.tls)):
+                client = await Imap.connect(port, tls)
+                walls, clients = [], []
+                for _ in range(self.args.repeat):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    reply = (await client.command("FETCH")).ok("canned")
+                    walls.append(time.perf_counter() - t0)
+                    clients.append(time.process_time() - c0)
+                await client.close()
+                volume = reply.literal_bytes
+                print(f"  {'ceiling: canned bodies, ' + label:<50} {span(walls):>13}  "
+                      f"{rate(volume, walls, 'MB/s', 1e-6)} ({volume / 1e6:.0f} MB, "
+                      f"{len(sizes):,} literals), client CPU {span(clients)}",
+                      flush=True)  # fmt: skip
+        finally:
+            child.kill()
+            child.join()
+
+    async def idle_sessions_step(self, maker: MessageMaker) -> None:
+        n = self.args.idle_sessions
+        await asyncio.sleep(2)
+        before = proc_status(self.pid, "VmRSS")
+        print(f"  {n:,} IDLE sessions: server RSS before {before / 2**20:.1f} MiB", flush=True)
+        clients: list[Imap] = []
+        # A few logins at a time: each costs an Argon2 check (~0.1 s of a core), and the server
+        # makes a burst from one address wait, refusing those still waiting after 10 s.
+        gate = asyncio.Semaphore(4)
+        watch = self.client_timed()
+
+        async def log_in() -> None:
+            async with gate:
+                clients.append(await logged_in(self.imaps, self.tls))
+                if len(clients) % 250 == 0:
+                    print(f"    {len(clients):,} logged in, {watch()[0]:.0f} s", flush=True)
+
+        await asyncio.gather(*(log_in() for _ in range(n)))
+        wall, server, _ = watch()
+        logged = proc_status(self.pid, "VmRSS")
+        print(f"  {'logged in, 4 at a time':<50} {wall:11.1f} s  server CPU {server:.1f} s  "
+              f"RSS {logged / 2**20:.1f} MiB", flush=True)  # fmt: skip
+        gate = asyncio.Semaphore(16)
+
+        async def select(client: Imap) -> None:
+            async with gate:
+                (await client.command("SELECT INBOX")).ok("SELECT")
+
+        watch = self.client_timed()
+        await asyncio.gather(*(select(c) for c in clients))
+        wall, server, _ = watch()
+        selected = proc_status(self.pid, "VmRSS")
+        print(f"  {'SELECT INBOX in each, 16 at a time':<50} {wall:11.1f} s  server CPU "
+              f"{server:.1f} s  RSS {selected / 2**20:.1f} MiB", flush=True)  # fmt: skip
+
+        async def idle(client: Imap) -> None:
+            client.writer.write(b"idle IDLE\r\n")
+            while not (await client.response()).startswith(b"+"):
+                pass
+
+        await asyncio.gather(*(idle(c) for c in clients))
+        await asyncio.sleep(5)  # whatever the server does after, settled
+        idling = proc_status(self.pid, "VmRSS")
+        per = [(idling - before) / n / 1024, (idling - logged) / n / 1024]
+        print(f"  {'all idling (after 5 s)':<50} RSS {idling / 2**20:.1f} MiB: "
+              f"{per[0]:.1f} KiB a session ({(logged - before) / n / 1024:.1f} logged in, "
+              f"{per[1]:.1f} more for SELECT + IDLE)", flush=True)  # fmt: skip
+        self.verdict(f"RSS per IDLE session <= {TARGET_IDLE_KB:.0f} KB", f"{per[0]:.1f} KiB",
+                     [per[0] <= TARGET_IDLE_KB], f"{n:,} sessions over TLS")  # fmt: skip
+        await self.notify_all(clients, maker)
+
+        async def leave(client: Imap) -> None:
+            async with gate:
+                client.writer.write(b"DONE\r\n")
+                while not (await client.response()).startswith(b"idle "):
+                    pass
+                await client.close()
+
+        await asyncio.gather(*(leave(c) for c in clients))
+        await asyncio.sleep(2)
+        print(f"  {'all logged out (after 2 s)':<50} RSS "
+              f"{proc_status(self.pid, 'VmRSS') / 2**20:.1f} MiB", flush=True)  # fmt: skip
+        # Take the new message out again, so that a rerun with --skip-fill finds the same.
+        client = await logged_in(self.imaps, self.tls)
+        (await client.command("SELECT INBOX")).ok("SELECT")
+        await client.command(f"STORE {self.exists + 1}:* +FLAGS.SILENT (\\Deleted)")
+        await client.command("EXPUNGE")
+        await client.close()
+
+    async def notify_all(self, clients: list[Imap], maker: MessageMaker) -> None:
+        """One SMTP delivery: how long until each IDLE session has its ``* n EXISTS``."""
+        seen: list[float] = []
+
+        async def exists(client: Imap) -> None:
+            while not (await client.response()).rstrip().endswith(b" EXISTS"):
+                pass
+            seen.append(time.perf_counter())
+
+        waiters = [asyncio.ensure_future(exists(c)) for c in clients]
+        smtp = await Smtp.connect(self.server.addresses["smtp"][1])
+        made = maker.make(20_000_000)
+        watch = self.client_timed()
+        sent, replied = await smtp.send(made.sender, made.content)
+        _, pending = await asyncio.wait(waiters, timeout=60)
+        _, server, own = watch()
+        await smtp.close()
+        for waiter in pending:
+            waiter.cancel()
+        if pending:
+            raise BenchFailed(f"IDLE: {len(pending)} of {len(clients)} sessions had no EXISTS")
+        late = [t - replied for t in seen]
+        self.show_latency(f"SMTP 250 → * n EXISTS in all {len(clients):,}", late)
+        print(f"  {'':<50} (end of DATA → 250: {(replied - sent) * 1000:.0f} ms; server CPU "
+              f"{server:.2f} s, client CPU {own:.2f} s)", flush=True)  # fmt: skip
+        self.verdict("SMTP 250 → EXISTS in every IDLE session",
+                     f"p50 {percentile(late, 50) * 1000:.0f} ms, max {max(late) * 1000:.0f} ms",
+                     [])  # fmt: skip
+
+    def summary(self) -> None:
+        print("\nissue 4 targets:")
+        for target, measured, met in self.verdicts:
+            print(f"  {target:<45} {measured:>24}  {met}")
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 
@@ -904,30 +1262,53 @@ def database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
         yield f"sqlite:///{directory / 'tidings.db'}"
 
 
+def show_sizes(sizes: list[int]) -> None:
+    """How many messages, and how many bytes, in each SIZE_BUCKETS range."""
+    total = sum(sizes)
+    low = 0
+    for high in (*SIZE_BUCKETS, max(sizes) + 1):
+        chosen = [n for n in sizes if low <= n < high]
+        if chosen:
+            print(f"  {low / 1000:5.0f}-{high / 1000:3.0f} KB: {len(chosen):6,} messages "
+                  f"({100 * len(chosen) / len(sizes):4.1f}%), {sum(chosen) / 1e6:6.1f} MB "
+                  f"({100 * sum(chosen) / total:4.1f}% of the bytes)")  # fmt: skip
+        low = high
+    print(f"  smallest {min(sizes) / 1000:.1f} KB, median {statistics.median(sizes) / 1000:.1f} "
+          f"KB, largest {max(sizes) / 1000:.1f} KB, total {total / 1e6:.1f} MB")  # fmt: skip
+
+
 def run(args: argparse.Namespace, directory: Path) -> None:
     backend = "PostgreSQL" if args.db_url or args.postgres else "SQLite"
-    maker = MessageMaker(args.seed)
+    maker = MessageMaker(args.seed, args.issue_targets)
+    # --issue-targets looks at port 143 too (to say what it offers before STARTTLS)
+    listen = {"submission": "", "submissions": "", "pop3": "", "pop3s": ""}
+    if not args.issue_targets:
+        listen["imap"] = ""
     with database(args, directory) as db_url:
-        config = write_config(
-            directory, db_url,
-            listen={"submission": "", "submissions": "", "pop3": "", "pop3s": "", "imap": ""},
-        )  # fmt: skip
+        config = write_config(directory, db_url, listen=listen)
         if not args.skip_fill:
             asyncio.run(provision(db_url))
             t0 = time.perf_counter()
-            size = asyncio.run(fill(db_url, args.messages, args.seed))
+            sizes = asyncio.run(fill(db_url, args.messages, args.seed, args.issue_targets))
             elapsed = time.perf_counter() - t0
+            size = sum(sizes)
             print(f"filled INBOX: {args.messages:,} messages, {size / 2**20:.0f} MiB "
                   f"(mean {size / max(1, args.messages) / 1024:.1f} KiB) in {elapsed:.1f} s: "
                   f"{args.messages / elapsed:,.0f} msg/s ({backend})")  # fmt: skip
+            if args.issue_targets:
+                show_sizes(sizes)
         server = TidingsServer(config).start(timeout=120)
         try:
             tls = ssl.create_default_context(cafile=str(directory / "data/tls/cert.pem"))
             assert server.process is not None
-            bench = Bench(args, server, tls, Profiler(args.py_spy, server.process.pid))
+            profiler = Profiler(args.py_spy, server.process.pid)
             print(f"{backend}, server pid {server.process.pid}, {os.cpu_count()} CPUs, "
                   f"repeat {args.repeat}; times are min-max over the runs")  # fmt: skip
-            asyncio.run(bench.run(maker))
+            if args.issue_targets:
+                issue = IssueBench(args, server, tls, profiler, directory=directory)
+                run_loop(issue.run(maker))
+            else:
+                asyncio.run(Bench(args, server, tls, profiler).run(maker))
         finally:
             code = server.stop(timeout=30)
             if code not in (0, None):
@@ -957,12 +1338,33 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=1, help="message generator seed (1)")
     parser.add_argument(
+        "--issue-targets", action="store_true",
+        help="issue 4's figures and targets instead: 10,000 messages of 2 KB-200 KB (most\n"
+        "small), SELECT, FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE), UID FETCH 1:* BODY.PEEK[]\n"
+        "in MB/s, a canned-response ceiling, --idle-sessions IDLE sessions' RSS; a summary.\n"
+        f"--only then picks among {','.join(ISSUE_STEPS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-sessions", type=int, default=2000, help="--issue-targets: IDLE sessions (2000)"
+    )
+    parser.add_argument(
         "--py-spy", type=Path, metavar="DIR", help="py-spy record the server per step into DIR"
     )
     args = parser.parse_args()
+    known = ISSUE_STEPS if args.issue_targets else STEPS
+    if args.issue_targets:
+        if args.messages == parser.get_default("messages"):
+            args.messages = 10_000
+        if args.only == parser.get_default("only"):
+            args.only = ",".join(ISSUE_STEPS)
     args.steps = set(args.only.split(","))
-    if args.steps - set(STEPS):
-        parser.error(f"--only: unknown step(s) {', '.join(sorted(args.steps - set(STEPS)))}")
+    if args.steps - set(known):
+        parser.error(f"--only: unknown step(s) {', '.join(sorted(args.steps - set(known)))}")
+    problem = ""
+    if args.issue_targets and "idle-sessions" in args.steps:
+        problem = raise_nofile(args.idle_sessions)
+    if problem:
+        parser.error(problem)
     if args.py_spy and shutil.which("py-spy") is None:
         parser.error("--py-spy: py-spy is not installed (pip install py-spy)")
     if args.skip_fill and args.postgres:

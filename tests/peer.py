@@ -28,7 +28,8 @@ using up an ``rcpt_replies`` entry.
 
 With ``starttls`` the peer offers STARTTLS (RFC 3207) with a self-signed certificate naming
 ``hostname``, localhost, 127.0.0.1 and ::1, made once per process; ``peer.cert_path`` is the
-file a client trusts to verify it.
+file a client trusts to verify it. ``certificate=(cert_path, key_path)`` serves that pair
+instead (a certificate a test CA issued, say).
 
 ``on_connect`` sets what a new connection gets: ``"serve"`` (SMTP), ``"close"`` (closed at once:
 a dead host), ``"silent"`` (accepted, never greeted: a hung host), or a reply such as
@@ -106,8 +107,10 @@ class SMTPPeer:
         data_replies: Iterable[str | None] = (),
         reject: Mapping[str, str] | Iterable[str] = (),
         on_connect: str = "serve",
+        certificate: tuple[Path, Path] | None = None,
     ) -> None:
         self.host = host
+        self.certificate = certificate
         self.port = port
         self.hostname = hostname
         self.starttls = starttls or require_starttls
@@ -206,7 +209,7 @@ class SMTPPeer:
     async def start(self) -> SMTPPeer:
         loop = asyncio.get_running_loop()
         if self.starttls:
-            self.cert_path, key = _certificate(self.hostname)
+            self.cert_path, key = self.certificate or _certificate(self.hostname)
             self._tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls_context.load_cert_chain(self.cert_path, key)
         self._server = await loop.create_server(lambda: self._protocol(loop), self.host, self.port)

@@ -92,6 +92,9 @@ class RelayConfig:
     smarthost_password: str = ""
     # Seconds to wait for a remote MX to connect or answer one command.
     timeout: float = 60.0
+    # A PEM bundle of CA certificates trusted besides the system's, to verify remote MX hosts
+    # (MTA-STS, the smarthost) and MTA-STS policy servers. Empty: the system store only.
+    ca_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,10 @@ class MtaStsConfig:
     # "testing", "enforce" or "none", and how many seconds senders may cache it.
     mode: str = "testing"
     max_age: int = 604800
+    # Outbound: honour other domains' MTA-STS policies (RFC 8461 §5).
+    outbound: bool = True
+    # The HTTPS port policies are fetched from: 443. Only tests change it.
+    policy_port: int = 443
 
 
 @dataclass(frozen=True)
@@ -471,6 +478,10 @@ def validate(config: Config) -> None:
     if not 0 < config.mta_sts.max_age <= 31557600:
         raise ConfigError(
             f"mta_sts.max_age: must be 1 to 31557600 seconds, got {config.mta_sts.max_age}"
+        )
+    if not 1 <= config.mta_sts.policy_port <= 65535:
+        raise ConfigError(
+            f"mta_sts.policy_port: must be between 1 and 65535, got {config.mta_sts.policy_port}"
         )
     if config.database.url:
         async_database_url(config.database.url)

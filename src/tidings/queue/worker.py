@@ -5,7 +5,11 @@ messages are spread over up to ``queue.connections_per_domain`` connections, eac
 several messages one after another. Hosts come from MX (lowest preference first, equal ones
 shuffled, RFC 5321 §5.1), the domain's own A/AAAA when it has no MX, and nothing at all for a
 null MX (RFC 7505). STARTTLS is used whenever a host offers it (opportunistic, RFC 7435 §3;
-certificates are not checked, as between MTAs without MTA-STS or DANE).
+certificates are not checked, as between MTAs without MTA-STS or DANE). A domain with an
+MTA-STS policy in ``enforce`` mode (RFC 8461, ``mtasts.py``) gets mail only at the MX hosts
+the policy names and only over STARTTLS with a certificate that verifies for the MX name;
+anything less is a temporary failure, never clear text. ``testing`` only logs what
+``enforce`` would have refused.
 
 Outcomes: 2xx → the row is done; 4xx or a host that cannot be reached → the next attempt on
 the retry schedule; 5xx, or a message older than ``queue.max_age`` → a delivery status
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -47,6 +52,7 @@ from tidings.logs import header_message_id
 from tidings.queue import store as queue_store
 from tidings.queue.client import ConnectionFailed, Reply, SMTPClient
 from tidings.queue.dsn import FailedRecipient, build_dsn
+from tidings.queue.mtasts import PolicyCache, verified_context
 from tidings.queue.schedule import next_attempt
 from tidings.queue.store import Retry
 from tidings.store.accounts import now
@@ -86,6 +92,8 @@ class Hop:
     host: str
     ip: str
     port: int
+    # The MTA-STS mode that applies (RFC 8461 §5): "enforce", "testing" or "" for none.
+    sts: str = ""
 
 
 @dataclass
@@ -197,8 +205,13 @@ class QueueRunner:
         self.hostname = config.server.hostname
         self.token = secrets.token_hex(8)
         self.tls = client_tls_context()
-        self.verified_tls = ssl.create_default_context()
-        self.verified_tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        # Chain and host name checked, with relay.ca_file trusted too: MTA-STS and smarthost.
+        self.verified_tls = verified_context(config)
+        self.sts = (
+            PolicyCache(resolver, self.verified_tls, port=config.mta_sts.policy_port)
+            if config.mta_sts.outbound
+            else None
+        )
         self._wakeup = asyncio.Event()
         self._connections = asyncio.Semaphore(config.queue.max_connections)
         self._per_domain: dict[str, asyncio.Semaphore] = {}
@@ -347,7 +360,7 @@ class QueueRunner:
         try:
             messages = await self._messages(rows, contents)
             try:
-                hops = await self._route(domain)
+                hops = await self._apply_sts(domain, await self._route(domain))
             except RouteError as e:
                 for message in messages:
                     log_attempt(message, message.rows, "bounced" if e.permanent else "deferred",
@@ -419,6 +432,35 @@ class QueueRunner:
                 )
             raise RouteError("5.1.2", f"{domain} has no mail host", permanent=True)
         return hops
+
+    async def _apply_sts(self, domain: str, hops: list[Hop]) -> list[Hop]:
+        """The hops an MTA-STS policy of ``domain`` leaves (RFC 8461 §4.1), marked with its mode
+        so that :meth:`_connect` insists on verified TLS (§4.2). ``enforce``: only MX hosts the
+        policy names, none left → a temporary failure. ``testing``: every hop, the ones
+        ``enforce`` would skip logged."""
+        if self.sts is None or self.config.relay.smarthost:
+            return hops
+        policy = await self.sts.policy(domain)
+        if policy is None or policy.mode == "none":
+            return hops
+        outside = list(dict.fromkeys(h.host for h in hops if not policy.allows(h.host)))
+        patterns = ",".join(policy.mx)
+        if policy.mode == "testing":
+            for host in outside:
+                log.warning(
+                    "mta-sts testing: %s: MX %s is not in the policy (mx: %s); "
+                    "enforce would not deliver to it", domain, host, patterns,
+                )  # fmt: skip
+            return [dataclasses.replace(h, sts="testing") for h in hops]
+        allowed = [dataclasses.replace(h, sts="enforce") for h in hops if policy.allows(h.host)]
+        if not allowed:
+            raise RouteError(
+                "4.7.5",
+                f"MTA-STS policy of {domain} (enforce) names none of its MX hosts "
+                f"{', '.join(outside)} (mx: {patterns})",
+                permanent=False,
+            )
+        return allowed
 
     async def _addresses(self, host: str) -> list[str]:
         """IPv4 and IPv6 addresses of ``host`` (an IP literal is itself)."""
@@ -549,7 +591,15 @@ class QueueRunner:
 
         client = await connect(implicit)
         try:
-            if not implicit and client.supports("STARTTLS"):
+            if hop.sts:
+                verified = await self._sts_starttls(client, hop)
+                if verified is None:
+                    # testing: the failed handshake is logged; again, as without a policy
+                    client.close()
+                    client = await connect(False)
+                else:
+                    client = verified
+            if not implicit and not client.tls and client.supports("STARTTLS"):
                 try:
                     await client.starttls(tls, hop.host, self.hostname)
                 except ConnectionFailed as e:
@@ -571,6 +621,29 @@ class QueueRunner:
             client.close()
             raise
         return client
+
+    async def _sts_starttls(self, client: SMTPClient, hop: Hop) -> SMTPClient | None:
+        """RFC 8461 §4.2: STARTTLS with a certificate that chains to a trusted root and names
+        the MX host. Returns the client once that holds. Otherwise ``enforce`` raises
+        ConnectionFailed (the message waits for the next attempt, never goes in clear text)
+        and ``testing`` logs what ``enforce`` would have done and returns the client as it is,
+        or None after a failed handshake (the connection is unusable then)."""
+        handshake_failed = False
+        if not client.supports("STARTTLS"):
+            problem = "offers no STARTTLS"
+        else:
+            try:
+                await client.starttls(self.verified_tls, hop.host, self.hostname)
+            except ConnectionFailed as e:
+                problem, handshake_failed = f"has no valid TLS ({e})", True
+            else:
+                return client
+        if hop.sts == "enforce":
+            raise ConnectionFailed(f"MTA-STS policy (enforce): {hop.host} {problem}")
+        log.warning(
+            "mta-sts testing: %s[%s] %s; enforce would defer the message", hop.host, hop.ip, problem
+        )
+        return None if handshake_failed else client
 
     async def _send_one(
         self, client: SMTPClient, hop: Hop, message: Outgoing, outcomes: Outcomes
