@@ -120,3 +120,24 @@ def test_pattern_special_characters_are_literal() -> None:
     assert pattern_regex("", "a.b").fullmatch("a.b")
     assert not pattern_regex("", "a.b").fullmatch("axb")
     assert pattern_regex("", "%").fullmatch("") is not None
+
+
+def test_views_share_a_snapshot_until_they_change() -> None:
+    from tidings.imap.view import Snapshot
+
+    snapshot = Snapshot.of(3, [ViewMessage.of(row(1)), ViewMessage.of(row(2, "$Work"))])
+    one = MailboxView.on(1, "INBOX", 7, read_only=False, uidnext=3, snapshot=snapshot)
+    two = MailboxView.on(1, "INBOX", 7, read_only=False, uidnext=3, snapshot=snapshot)
+    assert one.messages is two.messages and one.keywords == {"$Work"}
+    # Nothing new: nothing copied.
+    assert one.apply([row(2, "$Work", 2)], [], 3, recent_from=None, vanished=False,
+                     with_modseq=False) == []  # fmt: skip
+    assert one.messages is snapshot.messages
+    # A change is the changing view's own; the snapshot and the other view keep theirs.
+    one.update_flags(1, "\\Seen", 4)
+    assert one.messages is not snapshot.messages
+    assert snapshot.messages[0].flags == () and two.messages[0].flags == ()
+    out = two.apply([row(1, "\\Seen", 4)], [], 4, recent_from=None, vanished=False,
+                    with_modseq=False)  # fmt: skip
+    assert out == [b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"]
+    assert snapshot.messages[0].flags == ()

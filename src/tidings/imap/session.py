@@ -16,9 +16,11 @@ command, and at once while IDLE (RFC 2177). Expunges wait while FETCH, STORE or 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import ssl
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,7 +45,7 @@ from tidings.imap import responses as r
 from tidings.imap import search as s
 from tidings.imap.listing import Folder, list_folders, lsub_folders
 from tidings.imap.sequence import SequenceSet
-from tidings.imap.view import InvalidNumbers, MailboxView, ViewMessage
+from tidings.imap.view import InvalidNumbers, MailboxView, Snapshot, ViewMessage
 from tidings.mime import MessageInfo, SearchHeaders, analyze, envelope_sexp, stored_form
 from tidings.store import folders as fo
 from tidings.store import mailbox as mb
@@ -59,6 +61,8 @@ CHUNK_BYTES = 8 * 1024 * 1024
 # A session in IDLE looks at its mailbox at least this often even without a notice.
 IDLE_POLL = 30.0
 SASL_MECHANISMS = ("PLAIN", "LOGIN")
+# Mailboxes whose last-read snapshot the service keeps for the next SELECT.
+MAX_SNAPSHOTS = 256
 
 NOT_AUTHENTICATED = "not authenticated"
 AUTHENTICATED = "authenticated"
@@ -408,15 +412,21 @@ class Session:
             if folder is None:
                 raise ImapError("No such mailbox", r.NONEXISTENT)
             recent_from = folder.recent_uid if read_only else await mb.claim_recent(db, folder.id)
-            rows = await mb.message_rows(db, folder.id)
+            # The marks before the rows: rows newer than the marks are harmless (the next look
+            # finds them equal), marks newer than the rows would hide a change for good.
             marks = await mb.mailbox_marks(db, folder.id)
-        assert marks is not None
-        highestmodseq, uidnext, _ = marks
-        view = MailboxView(
-            folder.id, folder.name, folder.uidvalidity, read_only, highestmodseq, uidnext,
-            [ViewMessage.of(row) for row in rows],
+            assert marks is not None
+            highestmodseq, uidnext, _ = marks
+            snapshot = self.service.snapshot(folder.id, highestmodseq)
+            if snapshot is None:
+                rows = await mb.message_rows(db, folder.id)
+                snapshot = Snapshot.of(highestmodseq, [ViewMessage.of(row) for row in rows])
+                self.service.remember(folder.id, snapshot)
+        view = MailboxView.on(
+            folder.id, folder.name, folder.uidvalidity, read_only=read_only, uidnext=uidnext,
+            snapshot=snapshot,
         )  # fmt: skip
-        view.recent = {m.uid for m in view.messages if m.uid >= recent_from}
+        view.recent = set(view.uids[bisect.bisect_left(view.uids, recent_from) :])
         self.view = view
         self.watch = self.service.events.watch(folder.id)
         self.state = SELECTED
@@ -817,7 +827,8 @@ class Session:
                 envelopes = await self.load_envelopes(chunk)
             else:
                 infos, raws = await self.load(chunk, want_info, want_raw)
-            for seq, m in chunk:
+            for seq, _ in chunk:
+                m = view.messages[seq - 1]  # as it is now: the \Seen above made new objects
                 if envelope_only and m.blob_id not in envelopes:
                     continue  # expunged by another session meanwhile
                 if (want_raw and m.blob_id not in raws) or (
@@ -929,7 +940,8 @@ class Session:
             for line in view.flag_responses():
                 self.send(line)
         failed_ids = set(failed)
-        for seq, m in chosen:
+        for seq, _ in chosen:
+            m = view.messages[seq - 1]  # as it is now, after update_flags
             if m.id in failed_ids:
                 continue
             # RFC 7162 §3.1.3: with UNCHANGEDSINCE, a FETCH even under .SILENT for changes.
@@ -1098,6 +1110,22 @@ class ImapService:
         self.tls = tls
         self.events = events
         self.connections: set[Connection] = set()
+        # The last snapshot read of each recently selected mailbox (see view.Snapshot).
+        self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
+
+    def snapshot(self, mailbox_id: int, modseq: int) -> Snapshot | None:
+        """The shared snapshot of a mailbox at exactly this modseq, if one was read."""
+        found = self.snapshots.get(mailbox_id)
+        if found is None or found.modseq != modseq:
+            return None
+        self.snapshots.move_to_end(mailbox_id)
+        return found
+
+    def remember(self, mailbox_id: int, snapshot: Snapshot) -> None:
+        self.snapshots[mailbox_id] = snapshot
+        self.snapshots.move_to_end(mailbox_id)
+        while len(self.snapshots) > MAX_SNAPSHOTS:
+            self.snapshots.popitem(last=False)
 
     def new_reader(self) -> p.CommandReader:
         return p.CommandReader(

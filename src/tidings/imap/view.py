@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from tidings.imap import responses as r
@@ -22,8 +22,12 @@ from tidings.store.mailbox import MessageRow
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ViewMessage:
+    """One message as a session knows it. Immutable: sessions that selected a mailbox at the
+    same modseq share one list of these (see :class:`Snapshot`), so a change is a new object
+    in the changing session's own copy of the list."""
+
     id: int
     uid: int
     flags: tuple[str, ...]
@@ -42,6 +46,25 @@ class ViewMessage:
         return any(f.casefold() == folded for f in self.flags)
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A mailbox's messages as read at one modseq, shared by the sessions that select it.
+
+    Its lists are never changed in place: a view copies them before its first change
+    (``MailboxView.shared``), so 2,000 IDLE sessions on one mailbox cost one list, not 2,000.
+    """
+
+    modseq: int
+    messages: list[ViewMessage]
+    uids: list[int]
+    keywords: frozenset[str]
+
+    @classmethod
+    def of(cls, modseq: int, messages: list[ViewMessage]) -> Snapshot:
+        keywords = {f for m in messages for f in m.flags if not f.startswith("\\")}
+        return cls(modseq, messages, [m.uid for m in messages], frozenset(keywords))
+
+
 class InvalidNumbers(ValueError):
     """A message sequence number past the end of the mailbox (answered with BAD)."""
 
@@ -58,11 +81,31 @@ class MailboxView:
     uids: list[int] = field(default_factory=list)
     recent: set[int] = field(default_factory=set)
     keywords: set[str] = field(default_factory=set)
+    shared: bool = False
+    """``messages``, ``uids`` and ``keywords`` belong to a Snapshot: copy before changing."""
 
     def __post_init__(self) -> None:
-        self.uids = [m.uid for m in self.messages]
-        for m in self.messages:
-            self._note_keywords(m.flags)
+        if not self.shared:
+            self.uids = [m.uid for m in self.messages]
+            for m in self.messages:
+                self._note_keywords(m.flags)
+
+    @classmethod
+    def on(
+        cls, mailbox_id: int, name: str, uidvalidity: int, *, read_only: bool, uidnext: int,
+        snapshot: Snapshot,
+    ) -> MailboxView:  # fmt: skip
+        """A view sharing ``snapshot``'s lists until its first change."""
+        return cls(
+            mailbox_id, name, uidvalidity, read_only, snapshot.modseq, uidnext,
+            snapshot.messages, snapshot.uids, set(), set(snapshot.keywords), shared=True,
+        )  # fmt: skip
+
+    def _own(self) -> None:
+        if self.shared:
+            self.messages = list(self.messages)
+            self.uids = list(self.uids)
+            self.shared = False
 
     # --- numbering ----------------------------------------------------------------------------
 
@@ -168,6 +211,7 @@ class MailboxView:
             keep = [m for m in self.messages if m.uid not in dropped]
             self.messages = keep
             self.uids = [m.uid for m in keep]
+            self.shared = False  # new lists of its own
             self.recent -= dropped
         new: list[ViewMessage] = []
         fetches: list[tuple[int, ViewMessage]] = []
@@ -180,7 +224,9 @@ class MailboxView:
                 flags = tuple(row.flags.split())
                 if flags != m.flags or row.modseq != m.modseq:
                     visible = flags != m.flags
-                    m.flags, m.modseq = flags, row.modseq
+                    m = replace(m, flags=flags, modseq=row.modseq)
+                    self._own()
+                    self.messages[found - 1] = m
                     new_keywords |= self._note_keywords(flags)
                     if visible or with_modseq:
                         fetches.append((found, m))
@@ -195,6 +241,7 @@ class MailboxView:
             out.append(self.flag_fetch(seq, m, with_modseq=with_modseq))
         if new:
             new.sort(key=lambda m: m.uid)
+            self._own()
             self.messages.extend(new)
             self.uids.extend(m.uid for m in new)
             if recent_from is not None:
@@ -222,9 +269,9 @@ class MailboxView:
         seq = self.seq_of(uid)
         if seq is None:
             return None
-        m = self.messages[seq - 1]
-        m.flags = tuple(flags.split())
-        m.modseq = modseq
+        self._own()
+        m = replace(self.messages[seq - 1], flags=tuple(flags.split()), modseq=modseq)
+        self.messages[seq - 1] = m
         self._note_keywords(m.flags)
         return seq, m
 
