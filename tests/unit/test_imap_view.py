@@ -141,3 +141,26 @@ def test_views_share_a_snapshot_until_they_change() -> None:
                     with_modseq=False)  # fmt: skip
     assert out == [b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"]
     assert snapshot.messages[0].flags == ()
+
+
+def test_sessions_making_the_same_move_share_the_result() -> None:
+    from tidings.imap.session import ImapService, ImapSettings
+    from tidings.imap.view import Snapshot
+
+    service = ImapService(None, ImapSettings("mx.test"), None, None, None)  # type: ignore[arg-type]
+    snapshot = Snapshot.of(2, [ViewMessage.of(row(1)), ViewMessage.of(row(2))])
+    views = [
+        MailboxView.on(1, "INBOX", 7, read_only=False, uidnext=3, snapshot=snapshot)
+        for _ in range(3)
+    ]
+    for v in views:
+        base = v.messages
+        out = v.apply([row(3, modseq=4)], [1], 4, recent_from=3, vanished=False,
+                      with_modseq=False)  # fmt: skip
+        assert out == [b"* 1 EXPUNGE\r\n", b"* 2 EXISTS\r\n", b"* 1 RECENT\r\n"]
+        service.share(v, base)
+    assert views[1].messages is views[0].messages is views[2].messages
+    assert views[2].uids == [2, 3]
+    # One view's own change stays its own.
+    views[0].update_flags(2, "\\Seen", 5)
+    assert views[1].messages[0].flags == () and views[0].messages[0].flags == ("\\Seen",)

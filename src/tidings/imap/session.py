@@ -91,6 +91,17 @@ class ImapSettings:
     max_append: int = p.MAX_APPEND
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What the store says changed in a mailbox from modseq ``since`` to ``until``."""
+
+    mailbox_id: int
+    since: int
+    until: int
+    gone: list[int]
+    changed: list[mb.MessageRow]
+
+
 class ImapError(Exception):
     """A command refused: the tagged NO (or BAD) to send."""
 
@@ -703,12 +714,10 @@ class Session:
             return
         if self.watch is not None:
             self.watch.clear()
-        # Most looks find nothing new: a read transaction, which never waits for a writer.
+        # A read transaction, which never waits for a writer; what changed between two
+        # modseqs is read once for all the sessions that look (2,000 IDLE sessions on one
+        # mailbox wake together).
         async with self.store.read() as db:
-            marks = await mb.mailbox_marks(db, view.mailbox_id)
-        if marks is not None and marks[0] <= view.modseq:
-            return
-        async with self.store.write() as db:
             marks = await mb.mailbox_marks(db, view.mailbox_id)
             if marks is None:
                 self.send(r.bye("The selected mailbox was deleted"))
@@ -717,27 +726,44 @@ class Session:
             highestmodseq = marks[0]
             if highestmodseq <= view.modseq:
                 return
-            gone = await mb.expunged_since(db, view.mailbox_id, view.modseq)
-            if gone and not expunges and any(view.seq_of(u) for u in gone):
-                return
-            changed = await mb.changed_since(db, view.mailbox_id, view.modseq)
-            recent_from: int | None = None
-            if any(row.uid > view.largest_uid for row in changed):
-                if view.read_only:
-                    async with self.store.read() as rdb:
-                        folder = await fo.get_folder(rdb, self.account_id, view.name)
-                    recent_from = folder.recent_uid if folder is not None else None
-                else:
-                    recent_from = await mb.claim_recent(db, view.mailbox_id)
-        for line in view.apply(
-            changed,
-            gone,
+            change = self.service.change(view.mailbox_id, view.modseq, highestmodseq)
+            if change is None:
+                change = Change(
+                    view.mailbox_id, view.modseq, highestmodseq,
+                    await mb.expunged_since(db, view.mailbox_id, view.modseq),
+                    await mb.changed_since(db, view.mailbox_id, view.modseq),
+                )  # fmt: skip
+                self.service.remember_change(change)
+        if change.gone and not expunges and any(view.seq_of(u) for u in change.gone):
+            return
+        newest = max((row.uid for row in change.changed), default=0)
+        recent_from = await self.recent_from(view, newest) if newest > view.largest_uid else None
+        base = view.messages
+        lines = view.apply(
+            change.changed,
+            change.gone,
             highestmodseq,
             recent_from=recent_from,
             vanished="QRESYNC" in self.enabled,
             with_modseq=self.condstore,
-        ):
+        )
+        self.service.share(view, base)
+        for line in lines:
             self.send(line)
+
+    async def recent_from(self, view: MailboxView, newest: int) -> int | None:
+        """The first UID that is \\Recent for this session among new mail up to ``newest``:
+        the first session to see a message claims it (RFC 3501 §2.3.2); EXAMINE only looks."""
+        async with self.store.read() as db:
+            folder = await fo.get_folder(db, self.account_id, view.name)
+        if folder is None:
+            return None
+        if view.read_only:
+            return folder.recent_uid
+        if folder.recent_uid > newest:
+            return None  # another session saw them first
+        async with self.store.write() as db:
+            return await mb.claim_recent(db, view.mailbox_id)
 
     async def do_Check(self, tag: str, _: p.Check) -> None:
         await self.refresh(expunges=True)
@@ -1112,6 +1138,12 @@ class ImapService:
         self.connections: set[Connection] = set()
         # The last snapshot read of each recently selected mailbox (see view.Snapshot).
         self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
+        # What changed in a mailbox between two modseqs, and the lists it led to from a given
+        # list: read and built once for every session making the same move.
+        self.changes: OrderedDict[tuple[int, int], Change] = OrderedDict()
+        self.results: OrderedDict[tuple[int, int, int], tuple[list[ViewMessage], Snapshot]] = (
+            OrderedDict()
+        )
 
     def snapshot(self, mailbox_id: int, modseq: int) -> Snapshot | None:
         """The shared snapshot of a mailbox at exactly this modseq, if one was read."""
@@ -1120,6 +1152,29 @@ class ImapService:
             return None
         self.snapshots.move_to_end(mailbox_id)
         return found
+
+    def change(self, mailbox_id: int, since: int, until: int) -> Change | None:
+        found = self.changes.get((mailbox_id, since))
+        return found if found is not None and found.until == until else None
+
+    def remember_change(self, change: Change) -> None:
+        self.changes[(change.mailbox_id, change.since)] = change
+        while len(self.changes) > MAX_SNAPSHOTS:
+            self.changes.popitem(last=False)
+
+    def share(self, view: MailboxView, base: list[ViewMessage]) -> None:
+        """After ``view`` moved from the list ``base`` to its current state: take the lists a
+        session that made the same move already built, or offer its own to the next one."""
+        if view.messages is base:
+            return
+        key = (view.mailbox_id, id(base), view.modseq)
+        found = self.results.get(key)
+        if found is not None and found[0] is base:
+            view.adopt(found[1])
+            return
+        self.results[key] = (base, view.publish())
+        while len(self.results) > MAX_SNAPSHOTS:
+            self.results.popitem(last=False)
 
     def remember(self, mailbox_id: int, snapshot: Snapshot) -> None:
         self.snapshots[mailbox_id] = snapshot

@@ -101,6 +101,19 @@ class MailboxView:
             snapshot.messages, snapshot.uids, set(), set(snapshot.keywords), shared=True,
         )  # fmt: skip
 
+    def publish(self) -> Snapshot:
+        """This view's lists as a snapshot other views may share; this view copies them
+        before its next change."""
+        self.shared = True
+        return Snapshot(self.modseq, self.messages, self.uids, frozenset())
+
+    def adopt(self, snapshot: Snapshot) -> None:
+        """Take another view's lists for the same state (built from the same list by the same
+        change), dropping this view's copies."""
+        self.messages = snapshot.messages
+        self.uids = snapshot.uids
+        self.shared = True
+
     def _own(self) -> None:
         if self.shared:
             self.messages = list(self.messages)
