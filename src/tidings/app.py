@@ -176,6 +176,7 @@ class App:
             max_line=config.limits.imap_max_line,
             max_literal=config.limits.imap_max_literal,
             max_append=config.limits.max_message_size,
+            allow_insecure_auth=config.imap.allow_insecure_auth,
         )
         self.imap = imap = ImapService(
             self.store, settings, self.authenticator, self.tls, self.events

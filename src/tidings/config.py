@@ -131,6 +131,12 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True)
+class ImapConfig:
+    # Allow LOGIN and AUTHENTICATE on port 143 before STARTTLS (passwords in clear text).
+    allow_insecure_auth: bool = False
+
+
+@dataclass(frozen=True)
 class Pop3Config:
     # DELE only flags the message \\Deleted (hidden from POP3, still seen by IMAP) instead of
     # expunging it at QUIT.
@@ -205,6 +211,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    imap: ImapConfig = field(default_factory=ImapConfig)
     mailauth: MailAuthConfig = field(default_factory=MailAuthConfig)
     autoconfig: AutoconfigConfig = field(default_factory=AutoconfigConfig)
     mta_sts: MtaStsConfig = field(default_factory=MtaStsConfig)

@@ -684,3 +684,17 @@ def test_idle_on_one_process_sees_mail_delivered_by_another(
         finally:
             first.server.stop()
             second.server.stop()
+
+
+def test_insecure_auth_when_the_admin_allows_it(tmp_path: Path, module_db: str) -> None:
+    s = start_site(tmp_path, module_db, imap={"allow_insecure_auth": True})
+    try:
+        address = s.account([simple("x")])
+        wire = Wire(s.imap)
+        assert b"LOGINDISABLED" not in wire.greeting
+        assert b"AUTH=PLAIN" in wire.greeting and b"STARTTLS" in wire.greeting
+        assert wire.command(f'LOGIN "{address}" "{PASSWORD}"').ok
+        assert b"* 1 EXISTS" in wire.command("SELECT INBOX").untagged
+        wire.close()
+    finally:
+        s.server.stop()

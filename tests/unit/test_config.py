@@ -79,7 +79,7 @@ def test_every_section_is_a_frozen_dataclass() -> None:
     config = build()
     assert set(SECTIONS) == {
         "server", "log", "database", "tls", "listen", "dns", "relay", "limits", "delivery",
-        "queue", "pop3", "mailauth", "autoconfig", "mta_sts",
+        "queue", "pop3", "imap", "mailauth", "autoconfig", "mta_sts",
     }  # fmt: skip
     for name in SECTIONS:
         section = getattr(config, name)

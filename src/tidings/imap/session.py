@@ -89,6 +89,7 @@ class ImapSettings:
     max_line: int = p.MAX_LINE
     max_literal: int = p.MAX_LITERAL
     max_append: int = p.MAX_APPEND
+    allow_insecure_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,8 +296,10 @@ class Session:
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE"]
         if self.state == NOT_AUTHENTICATED:
-            if self.conn.tls_active:
+            if self.auth_allowed:
                 caps += [f"AUTH={m}" for m in SASL_MECHANISMS]
+                if not self.conn.tls_active and self.service.tls is not None:
+                    caps.append("STARTTLS")
             else:
                 if self.service.tls is not None:
                     caps.append("STARTTLS")
@@ -341,8 +344,13 @@ class Session:
         await self.flush()
         await self.conn.start_tls(self.service.tls)
 
+    @property
+    def auth_allowed(self) -> bool:
+        """RFC 3501 §6.2.3 / RFC 8314: passwords only over TLS unless the admin says so."""
+        return self.conn.tls_active or self.settings.allow_insecure_auth
+
     def need_tls(self) -> None:
-        if not self.conn.tls_active:
+        if not self.auth_allowed:
             raise ImapError("Use STARTTLS before logging in", r.PRIVACYREQUIRED)
 
     async def do_Login(self, tag: str, command: p.Login) -> None:
