@@ -104,6 +104,10 @@ class ClientConnection(asyncio.Protocol):
         that arrives between the look and the wait."""
         self._readable.clear()
 
+    def wake(self) -> None:
+        """Wake a :meth:`wait_readable` as input would (IMAP IDLE's mailbox changes)."""
+        self._readable.set()
+
     async def wait_readable(self) -> None:
         """Until input (or its end) arrives after the last :meth:`will_read`."""
         self.resume_reading()

@@ -620,41 +620,40 @@ class Session:
         await self.refresh(expunges=True)
         await self.flush()
         deadline = asyncio.get_running_loop().time() + self.timeout
-        while True:
-            self.conn.will_read()
-            event = self.conn.reader.next_line()
-            if isinstance(event, p.LineReady):
-                if event.line.strip().upper() == b"DONE":
-                    self.send(r.ok(tag, "IDLE terminated"))
-                else:
-                    self.send(r.bad(tag, "Expected DONE"))
-                return
-            if isinstance(event, p.ReadError):
-                self.send(r.bad(tag, "Line too long"))
-                return
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                self.send(r.bye("Autologout; idle for too long"))
-                self.done = True
-                return
-            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self.conn.wait_for_data())]
-            if self.watch is not None:
-                waiters.append(asyncio.ensure_future(self.watch.wait()))
-            try:
-                done, _pending = await asyncio.wait(
-                    waiters, timeout=min(left, IDLE_POLL), return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for w in waiters:
-                    if not w.done():
-                        w.cancel()
-            for w in done:
-                w.result()  # ConnectionClosed ends the session
-            if self.view is not None:
+        if self.watch is not None:
+            self.watch.waker = self.conn.wake  # one wait for input and for changes
+        try:
+            while True:
+                self.conn.will_read()
+                event = self.conn.reader.next_line()
+                if isinstance(event, p.LineReady):
+                    if event.line.strip().upper() == b"DONE":
+                        self.send(r.ok(tag, "IDLE terminated"))
+                    else:
+                        self.send(r.bad(tag, "Expected DONE"))
+                    return
+                if isinstance(event, p.ReadError):
+                    self.send(r.bad(tag, "Line too long"))
+                    return
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    self.send(r.bye("Autologout; idle for too long"))
+                    self.done = True
+                    return
+                if self.watch is None or not self.watch.rung:
+                    try:
+                        async with asyncio.timeout(min(left, IDLE_POLL)):
+                            await self.conn.wait_for_data()  # ConnectionClosed ends the session
+                        continue
+                    except TimeoutError:
+                        pass  # look at the mailbox anyway, in case a notice was lost
                 await self.refresh(expunges=True)
                 if self.done:
                     return
                 await self.flush()
+        finally:
+            if self.watch is not None:
+                self.watch.waker = None
 
     async def do_Namespace(self, tag: str, _: p.Namespace) -> None:
         self.send(r.namespace((("", "/"),)))
@@ -762,6 +761,9 @@ class Session:
     async def recent_from(self, view: MailboxView, newest: int) -> int | None:
         """The first UID that is \\Recent for this session among new mail up to ``newest``:
         the first session to see a message claims it (RFC 3501 §2.3.2); EXAMINE only looks."""
+        claimed = self.service.recent_claimed
+        if not view.read_only and claimed.get(view.mailbox_id, 0) > newest:
+            return None  # a session of this process saw them first
         async with self.store.read() as db:
             folder = await fo.get_folder(db, self.account_id, view.name)
         if folder is None:
@@ -771,7 +773,9 @@ class Session:
         if folder.recent_uid > newest:
             return None  # another session saw them first
         async with self.store.write() as db:
-            return await mb.claim_recent(db, view.mailbox_id)
+            first = await mb.claim_recent(db, view.mailbox_id)
+        claimed[view.mailbox_id] = max(claimed.get(view.mailbox_id, 0), newest + 1)
+        return first
 
     async def do_Check(self, tag: str, _: p.Check) -> None:
         await self.refresh(expunges=True)
@@ -1146,6 +1150,9 @@ class ImapService:
         self.connections: set[Connection] = set()
         # The last snapshot read of each recently selected mailbox (see view.Snapshot).
         self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
+        # Per mailbox, a UID below which this process's sessions already claimed \\Recent:
+        # sessions waking for the same new mail need not ask the store.
+        self.recent_claimed: dict[int, int] = {}
         # What changed in a mailbox between two modseqs, and the lists it led to from a given
         # list: read and built once for every session making the same move.
         self.changes: OrderedDict[tuple[int, int], Change] = OrderedDict()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
@@ -29,25 +29,24 @@ _RECONNECT_DELAY = 2.0
 
 
 class MailboxWatch:
-    """One watcher's doorbell: ``wait()`` returns once one of its mailboxes changed."""
+    """One watcher's doorbell: ``rung`` once one of its mailboxes changed, and ``waker`` (an
+    IDLE session's input wake-up) called, so one wait covers input and changes alike."""
+
+    __slots__ = ("events", "mailbox_id", "rung", "waker")
 
     def __init__(self, events: MailboxEvents, mailbox_id: int) -> None:
         self.events = events
         self.mailbox_id = mailbox_id
-        self._rung = asyncio.Event()
+        self.rung = False
+        self.waker: Callable[[], None] | None = None
 
     def ring(self) -> None:
-        self._rung.set()
-
-    @property
-    def rung(self) -> bool:
-        return self._rung.is_set()
+        self.rung = True
+        if self.waker is not None:
+            self.waker()
 
     def clear(self) -> None:
-        self._rung.clear()
-
-    async def wait(self) -> None:
-        await self._rung.wait()
+        self.rung = False
 
     def close(self) -> None:
         self.events.unwatch(self)
