@@ -1150,7 +1150,7 @@ class ImapService:
         self.connections: set[Connection] = set()
         # The last snapshot read of each recently selected mailbox (see view.Snapshot).
         self.snapshots: OrderedDict[int, Snapshot] = OrderedDict()
-        # Per mailbox, a UID below which this process's sessions already claimed \\Recent:
+        # Per mailbox, a UID below which this process's sessions already claimed \Recent:
         # sessions waking for the same new mail need not ask the store.
         self.recent_claimed: dict[int, int] = {}
         # What changed in a mailbox between two modseqs, and the lists it led to from a given
