@@ -680,6 +680,14 @@ class Bench:
     def imaps(self) -> int:
         return self.server.addresses["imaps"][1]
 
+    @property
+    def endpoint(self) -> tuple[int, ssl.SSLContext | None]:
+        """Where sessions log in: 993 over TLS, or with --plain port 143 without TLS (the
+        server started with imap.allow_insecure_auth)."""
+        if self.args.plain:
+            return self.server.addresses["imap"][1], None
+        return self.imaps, self.tls
+
     async def timed(
         self, name: str, run: Callable[[int], Awaitable[Reply | None]], runs: int = 1
     ) -> tuple[list[float], list[float], list[Reply | None]]:
@@ -720,7 +728,7 @@ class Bench:
         async with self.profiler.record("login"):
             for _ in range(self.args.logins):
                 t0 = time.perf_counter()
-                client = await Imap.connect(self.imaps, self.tls)
+                client = await Imap.connect(*self.endpoint)
                 t1 = time.perf_counter()
                 await client.login()
                 logins.append(time.perf_counter() - t1)
@@ -814,7 +822,7 @@ class Bench:
     async def idle_step(self, maker: MessageMaker) -> None:
         """SMTP deliveries, one at a time, to the INBOX an IDLE session has selected."""
         smtp_port = self.server.addresses["smtp"][1]
-        client = await logged_in(self.imaps, self.tls)
+        client = await logged_in(*self.endpoint)
         (await client.command("SELECT INBOX")).ok("SELECT")
         client.writer.write(b"idle IDLE\r\n")
         while not (await client.response()).startswith(b"+"):
@@ -865,7 +873,7 @@ class Bench:
 
         async def log_in() -> Imap:
             async with gate:
-                return await logged_in(self.imaps, self.tls)
+                return await logged_in(*self.endpoint)
 
         t0 = time.perf_counter()
         clients = await asyncio.gather(*(log_in() for _ in range(n)))
@@ -898,7 +906,7 @@ class Bench:
               f"(peak {proc_status(self.pid, 'VmHWM') / 2**20:.0f} MiB)")  # fmt: skip
         if "login" in steps:
             await self.login_step()
-        client = await logged_in(self.imaps, self.tls)
+        client = await logged_in(*self.endpoint)
         await self.mailbox_steps(client)
         await client.close()
         if "idle" in steps:
@@ -1002,7 +1010,7 @@ class IssueBench(Bench):
         self.verdicts.append((target, measured, met + (f" ({note})" if note else "")))
 
     async def plain_port(self) -> None:
-        """What port 143 offers before STARTTLS: there is no setting for a plain login."""
+        """What port 143 offers before STARTTLS (a plain login needs --plain)."""
         port = self.server.addresses.get("imap", ("", 0))[1]
         if not port:
             return
@@ -1011,16 +1019,18 @@ class IssueBench(Bench):
         caps = b" ".join(reply.lines).decode().split()
         await client.close()
         print(f"  port 143 before STARTTLS offers: {' '.join(caps[2:])}")
-        if "LOGINDISABLED" in caps:
-            print("  → no login over plain IMAP (no config key allows it, unlike "
-                  "pop3.allow_insecure_auth): every figure below is over TLS (993); the "
+        if self.args.plain:
+            print("  → --plain: sessions log in on 143 without TLS (imap.allow_insecure_auth)")
+        elif "LOGINDISABLED" in caps:
+            print("  → no login before STARTTLS (add --plain to start the server with "
+                  "imap.allow_insecure_auth): every figure below is over TLS (993); the "
                   "'ceiling' step measures what plain TCP would give")  # fmt: skip
 
     async def run(self, maker: MessageMaker) -> None:
         steps = self.args.steps
         print(f"client event loop: {type(asyncio.get_running_loop()).__module__}")
         await self.plain_port()
-        client = await logged_in(self.imaps, self.tls)
+        client = await logged_in(*self.endpoint)
         reply = (await client.command("STATUS INBOX (MESSAGES SIZE)", keep=True)).ok("STATUS")
         text = b"".join(reply.lines)
         self.exists = int(re.findall(rb"MESSAGES (\d+)", text)[0])
@@ -1050,7 +1060,7 @@ class IssueBench(Bench):
         reset_peak(self.pid)
         # in a new session each time, as a client's first SELECT (a session may keep its view)
         for _ in range(max(3, self.args.repeat)):
-            fresh = await logged_in(self.imaps, self.tls)
+            fresh = await logged_in(*self.endpoint)
             watch = self.client_timed()
             (await fresh.command("SELECT INBOX")).ok("SELECT")
             wall, server, _ = watch()
@@ -1082,7 +1092,7 @@ class IssueBench(Bench):
         # The target is for 10,000 messages: scaled when the INBOX holds another number.
         limit = TARGET_FIRST_SYNC * self.exists / 10_000
         self.verdict(f"first sync of {self.exists:,} envelopes < {limit:.2f} s", span(walls),
-                     [w < limit for w in walls], "over TLS")  # fmt: skip
+                     [w < limit for w in walls], "plain" if self.args.plain else "over TLS")  # fmt: skip
 
     async def bodies_all_step(self, client: Imap) -> None:
         command = "UID FETCH 1:* (BODY.PEEK[])"
@@ -1110,7 +1120,7 @@ class IssueBench(Bench):
                   f"{span(per_cpu, 'MB', digits=0)} per CPU second (TLS included)")  # fmt: skip
         self.verdict(f"full bodies >= {TARGET_BODIES:.0f} MB/s (plain IMAP)",
                      span(speeds, "MB/s", digits=0), [v >= TARGET_BODIES for v in speeds],
-                     "measured over TLS: plain login is refused")  # fmt: skip
+                     "plain" if self.args.plain else "measured over TLS")  # fmt: skip
 
     async def ceiling_step(self) -> None:
         """The same client reading a canned FETCH of the mailbox's bodies from a trivial Python
@@ -1167,7 +1177,7 @@ class IssueBench(Bench):
 
         async def log_in() -> None:
             async with gate:
-                clients.append(await logged_in(self.imaps, self.tls))
+                clients.append(await logged_in(*self.endpoint))
                 if len(clients) % 250 == 0:
                     print(f"    {len(clients):,} logged in, {watch()[0]:.0f} s", flush=True)
 
@@ -1223,7 +1233,8 @@ class IssueBench(Bench):
               f"{per[0]:.1f} KiB a session ({(logged - before) / n / 1024:.1f} logged in, "
               f"{per[1]:.1f} more for SELECT + IDLE)", flush=True)  # fmt: skip
         self.verdict(f"RSS per IDLE session <= {TARGET_IDLE_KB:.0f} KB", f"{per[0]:.1f} KiB",
-                     [per[0] <= TARGET_IDLE_KB], f"{n:,} sessions over TLS")  # fmt: skip
+                     [per[0] <= TARGET_IDLE_KB],
+                     f"{n:,} sessions {'plain' if self.args.plain else 'over TLS'}")  # fmt: skip
         await self.notify_all(clients, maker)
 
         async def leave(client: Imap) -> None:
@@ -1238,7 +1249,7 @@ class IssueBench(Bench):
         print(f"  {'all logged out (after 2 s)':<50} RSS "
               f"{proc_status(self.pid, 'VmRSS') / 2**20:.1f} MiB", flush=True)  # fmt: skip
         # Take the new message out again, so that a rerun with --skip-fill finds the same.
-        client = await logged_in(self.imaps, self.tls)
+        client = await logged_in(*self.endpoint)
         (await client.command("SELECT INBOX")).ok("SELECT")
         await client.command(f"STORE {self.exists + 1}:* +FLAGS.SILENT (\\Deleted)")
         await client.command("EXPUNGE")
@@ -1354,10 +1365,12 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     maker = MessageMaker(args.seed, args.issue_targets)
     # --issue-targets looks at port 143 too (to say what it offers before STARTTLS)
     listen = {"submission": "", "submissions": "", "pop3": "", "pop3s": ""}
-    if not args.issue_targets:
+    if not args.issue_targets and not args.plain:
         listen["imap"] = ""
     with database(args, directory) as db_url:
-        config = write_config(directory, db_url, listen=listen)
+        config = write_config(
+            directory, db_url, listen=listen, imap={"allow_insecure_auth": args.plain}
+        )
         if not args.skip_fill:
             asyncio.run(provision(db_url))
             t0 = time.perf_counter()
@@ -1409,6 +1422,10 @@ def main() -> int:
         "--only", default=",".join(STEPS), help=f"comma-separated steps: {','.join(STEPS)}"
     )
     parser.add_argument("--seed", type=int, default=1, help="message generator seed (1)")
+    parser.add_argument(
+        "--plain", action="store_true",
+        help="sessions log in on port 143 without TLS (imap.allow_insecure_auth on the server)",
+    )  # fmt: skip
     parser.add_argument(
         "--issue-targets", action="store_true",
         help="issue 4's figures and targets instead: 10,000 messages of 2 KB-200 KB (most\n"
