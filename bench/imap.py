@@ -1091,8 +1091,9 @@ class IssueBench(Bench):
                   f"{reply.received / 2**20:.1f} MiB, at {time.strftime('%H:%M:%S')}")  # fmt: skip
         # The target is for 10,000 messages: scaled when the INBOX holds another number.
         limit = TARGET_FIRST_SYNC * self.exists / 10_000
+        how = "plain" if self.args.plain else "over TLS"
         self.verdict(f"first sync of {self.exists:,} envelopes < {limit:.2f} s", span(walls),
-                     [w < limit for w in walls], "plain" if self.args.plain else "over TLS")  # fmt: skip
+                     [w < limit for w in walls], how)  # fmt: skip
 
     async def bodies_all_step(self, client: Imap) -> None:
         command = "UID FETCH 1:* (BODY.PEEK[])"
