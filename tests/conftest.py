@@ -53,6 +53,19 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         yield url
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """One database per module and backend, for a module that shares one server."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('moduledb') / 'tidings.db'}"
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    with postgres.database() as url:
+        yield url
+
+
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
     s = await Store.open(db_url)

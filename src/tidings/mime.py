@@ -27,12 +27,14 @@ import binascii
 import codecs
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
+
+T = TypeVar("T")
 
 MAX_DEPTH = 50
 """Multipart/message nesting beyond this is not parsed: the part is text/plain."""
@@ -173,24 +175,26 @@ class MessageInfo:
     def search_headers_from_json(text: str) -> SearchHeaders:
         """Only the SEARCH header fields of a ``to_json`` text: SEARCH FROM/SUBJECT/SENT* on a
         large mailbox skips building the envelope and the MIME tree of every message."""
-        try:
-            data = json.loads(text)
-            if data[0] != _JSON_VERSION:
-                raise ValueError(f"unknown MessageInfo version {data[0]!r}")
-            return _search_in(data[4])
-        except (LookupError, TypeError, AttributeError) as e:
-            raise ValueError(f"not a stored MessageInfo: {e}") from e
+        return _from_stored(text, lambda data: _search_in(data[4]))
 
     @classmethod
     def from_json(cls, text: str) -> MessageInfo:
         """Inverse of ``to_json``; ValueError if the text is not one of its outputs."""
-        try:
-            data = json.loads(text)
-            if data[0] != _JSON_VERSION:
-                raise ValueError(f"unknown MessageInfo version {data[0]!r}")
-            return cls(int(data[1]), _env_in(data[2]), _part_in(data[3]), _search_in(data[4]))
-        except (LookupError, TypeError, AttributeError) as e:
-            raise ValueError(f"not a stored MessageInfo: {e}") from e
+        return _from_stored(
+            text,
+            lambda d: cls(int(d[1]), _env_in(d[2]), _part_in(d[3]), _search_in(d[4])),
+        )
+
+
+def _from_stored(text: str, build: Callable[[Any], T]) -> T:
+    """``build`` applied to a ``to_json`` text's fields; ValueError for anything else."""
+    try:
+        data = json.loads(text)
+        if data[0] != _JSON_VERSION:
+            raise ValueError(f"unknown MessageInfo version {data[0]!r}")
+        return build(data)
+    except (LookupError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a stored MessageInfo: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)

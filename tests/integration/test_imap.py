@@ -22,7 +22,6 @@ import pytest
 from imap_client import Reply, Wire
 from imapclient import IMAPClient
 
-from conftest import BACKENDS
 from helpers import TidingsServer, add_users, deliver_messages, mailbox_state, write_config
 from pg import PostgresServer
 
@@ -99,18 +98,6 @@ class Site:
         if address is not None:
             assert wire.command(f'LOGIN "{address}" "{PASSWORD}"').ok
         return wire
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def module_db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('imapdb') / 'tidings.db'}"
-        return
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    with postgres.database() as url:
-        yield url
 
 
 def start_site(directory: Path, db_url: str, **sections: dict[str, object]) -> Site:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BACKENDS
 from helpers import (
     TidingsServer,
     add_users,
@@ -27,7 +26,6 @@ from helpers import (
     stored_messages,
     write_config,
 )
-from pg import PostgresServer
 
 PASSWORD = "secret"
 MESSAGES = [
@@ -75,18 +73,6 @@ class Site:
         client.user(address)
         client.pass_(password)
         return client
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def module_db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('pop3db') / 'tidings.db'}"
-        return
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    with postgres.database() as url:
-        yield url
 
 
 def start_site(directory: Path, db_url: str, **sections: dict[str, object]) -> Site:

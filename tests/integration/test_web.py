@@ -25,7 +25,6 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BACKENDS
 from dnsserver import DNSTestServer
 from helpers import TidingsServer, add_users, tidings, write_config
 from pg import PostgresServer
@@ -110,18 +109,6 @@ def start_site(directory: Path, db_url: str, **sections: dict[str, object]) -> S
         **sections,
     )
     return Site(TidingsServer(config).start(), directory, db_url)
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def module_db(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('webdb') / 'tidings.db'}"
-        return
-    postgres: PostgresServer = request.getfixturevalue("postgres")
-    with postgres.database() as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

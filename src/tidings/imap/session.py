@@ -113,11 +113,6 @@ class ImapError(Exception):
         self.status = status
 
 
-class Unavailable(ImapError):
-    def __init__(self) -> None:
-        super().__init__("Temporary server failure, try again later", r.UNAVAILABLE)
-
-
 # --- the connection ------------------------------------------------------------------------------
 
 
@@ -250,9 +245,7 @@ class Session:
         if isinstance(event, p.ReadError):
             self.bad_input(event.error)
             return
-        if isinstance(event, p.LineReady):  # not produced by next_event; defensive
-            return
-        assert isinstance(event, p.CommandReady)
+        assert isinstance(event, p.CommandReady)  # next_event never gives a LineReady
         try:
             request = p.parse_command(event.data)
         except p.ParseError as e:
@@ -422,7 +415,6 @@ class Session:
         self.deselect()
         if was_selected and "QRESYNC" in self.enabled:
             self.send(r.untagged_status("OK", "Previous mailbox closed", r.CLOSED))
-        self.state = AUTHENTICATED
         if command.condstore:
             self.enabled.add("CONDSTORE")
         read_only = command.read_only
@@ -821,10 +813,12 @@ class Session:
         view = self.selected
         if command.vanished and not (command.uid and "QRESYNC" in self.enabled):
             raise ImapError("VANISHED needs UID FETCH with QRESYNC enabled", status="BAD")
-        if command.changed_since is not None or any(
+        # RFC 7162 §3.1.4.1: MODSEQ in every item answered; asking enables CONDSTORE (§3.1).
+        add_modseq = command.changed_since is not None or any(
             isinstance(a, p.FetchItem) and a.name == "MODSEQ" for a in command.attributes
-        ):
-            self.enabled.add("CONDSTORE")  # RFC 7162 §3.1: a CONDSTORE enabling command
+        )
+        if add_modseq:
+            self.enabled.add("CONDSTORE")
         chosen = self.numbers(command.sequence_set, command.uid)
         if command.changed_since is not None:
             since = command.changed_since
@@ -851,10 +845,6 @@ class Session:
         attributes = command.attributes
         want_info = f.needs_info(attributes)
         want_raw = f.needs_raw(attributes)
-        add_modseq = self.condstore and (
-            command.changed_since is not None
-            or any(isinstance(a, p.FetchItem) and a.name == "MODSEQ" for a in attributes)
-        )
         # A first sync (UID FLAGS RFC822.SIZE ENVELOPE) needs only the stored ENVELOPE bytes.
         envelope_only = want_info and f.needs_envelope_only(attributes)
         for chunk in self.chunks(chosen, want_raw):

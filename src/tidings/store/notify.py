@@ -58,7 +58,6 @@ class MailboxEvents:
     def __init__(self, database_url: str | None = None) -> None:
         self._watches: dict[int, set[MailboxWatch]] = {}
         self._dsn = _asyncpg_dsn(database_url) if database_url else None
-        self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[str] | None = None
 
