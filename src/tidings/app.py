@@ -17,6 +17,7 @@ from tidings.auth import Authenticator, AuthFailureLimiter
 from tidings.config import SECTIONS, Config, ConfigError, LimitsConfig, parse_hostport
 from tidings.delivery import MailDelivery
 from tidings.dns import Resolver
+from tidings.guard import Defences
 from tidings.imap.session import ImapService, ImapSettings
 from tidings.logs import set_level
 from tidings.mailauth.dmarc import organizational_domain
@@ -81,6 +82,7 @@ class App:
         self.smtp_sessions = SmtpSessions()
         self.inbound: InboundHandler | None = None
         self.submission: SubmissionHandler | None = None
+        self.defences = Defences(config.limits)
 
     async def start(self) -> None:
         config = self.config
@@ -156,6 +158,8 @@ class App:
             keep_on_server=config.pop3.keep_on_server,
             allow_insecure_auth=config.pop3.allow_insecure_auth,
             timeout=config.limits.pop3_timeout,
+            max_errors=config.limits.max_errors,
+            max_junk_commands=config.limits.max_junk_commands,
         )
         self.pop3 = pop3 = Pop3Service(
             self.store, settings, self.authenticator, self.tls, self.events
@@ -177,6 +181,8 @@ class App:
             max_literal=config.limits.imap_max_literal,
             max_append=config.limits.max_message_size,
             allow_insecure_auth=config.imap.allow_insecure_auth,
+            max_errors=config.limits.max_errors,
+            max_junk_commands=config.limits.max_junk_commands,
         )
         self.imap = imap = ImapService(
             self.store, settings, self.authenticator, self.tls, self.events
@@ -193,9 +199,9 @@ class App:
         self.web = web = WebServer(Site(self.config, self.store, self._sessions))
         await web.start()
         if listen.http:
-            await self._listen("http", listen.http, web.factory)
+            await self._listen("http", listen.http, web.factory, guarded=False)
         if listen.https:
-            await self._listen("https", listen.https, web.factory, self.tls)
+            await self._listen("https", listen.https, web.factory, self.tls, guarded=False)
 
     def _sessions(self) -> dict[str, int]:
         """Open connections per protocol, for the metrics gauge."""
@@ -210,8 +216,14 @@ class App:
         address: str,
         factory: Callable[[], asyncio.Protocol],
         ssl_context: ssl.SSLContext | None = None,
+        *,
+        guarded: bool = True,
     ) -> None:
+        """Listen on ``address``; the mail protocols' connections get the shared defences
+        (guard.py: connection limits, slow clients). aiohttp has its own for HTTP."""
         host, port = parse_hostport(address)
+        if guarded:
+            factory = self._guarded(factory)
         try:
             server = await start_listener(
                 name, host, port, metrics.counted(name, factory), ssl_context
@@ -222,6 +234,14 @@ class App:
         self.servers.append(server)
         sockname = server.sockets[0].getsockname()
         self.addresses[name] = f"{sockname[0]}:{sockname[1]}"
+
+    def _guarded(self, factory: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        def make() -> asyncio.Protocol:
+            protocol = factory()
+            protocol.defences = self.defences  # type: ignore[attr-defined]
+            return protocol
+
+        return make
 
     async def stop(self) -> None:
         """Stop accepting at once; end IMAP (BYE) and POP3 (-ERR) sessions, and SMTP sessions
@@ -286,11 +306,17 @@ class App:
                 max_line=limits.imap_max_line,
                 max_literal=limits.imap_max_literal,
                 max_append=limits.max_message_size,
+                max_errors=limits.max_errors,
+                max_junk_commands=limits.max_junk_commands,
             )
         if self.pop3 is not None:
             self.pop3.settings = dataclasses.replace(
-                self.pop3.settings, timeout=limits.pop3_timeout
+                self.pop3.settings,
+                timeout=limits.pop3_timeout,
+                max_errors=limits.max_errors,
+                max_junk_commands=limits.max_junk_commands,
             )
+        self.defences.reload(limits)
         self.auth_limiter.max_per_client = limits.auth_max_failures_per_ip
         self.auth_limiter.max_per_account = limits.auth_max_failures_per_account
         self.auth_limiter.window = limits.auth_failure_window

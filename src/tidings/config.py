@@ -120,6 +120,19 @@ class LimitsConfig:
     auth_max_failures_per_ip: int = 10
     auth_max_failures_per_account: int = 30
     auth_failure_window: float = 300.0
+    # Open connections over every listener: in all, and from one client address (IPv6 clients
+    # are counted per /64). A connection past either limit is told so and closed at once.
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
+    # Slow-client defence: a command (its data and literals included) still arriving after
+    # command_deadline seconds must be averaging min_transfer_rate bytes/s (0: no check).
+    command_deadline: float = 60.0
+    min_transfer_rate: int = 1024
+    # Per session: protocol errors (SMTP 4xx/5xx replies to commands, IMAP BAD, POP3 -ERR)
+    # and commands that move no mail (SMTP NOOP/RSET/VRFY/HELP/EHLO, anything before login on
+    # IMAP and POP3) before the session is closed.
+    max_errors: int = 20
+    max_junk_commands: int = 100
 
 
 @dataclass(frozen=True)
@@ -422,6 +435,11 @@ def validate(config: Config) -> None:
     for key, count in (
         ("limits.auth_max_failures_per_ip", config.limits.auth_max_failures_per_ip),
         ("limits.auth_max_failures_per_account", config.limits.auth_max_failures_per_account),
+        ("limits.max_connections", config.limits.max_connections),
+        ("limits.max_connections_per_ip", config.limits.max_connections_per_ip),
+        ("limits.min_transfer_rate", config.limits.min_transfer_rate),
+        ("limits.max_errors", config.limits.max_errors),
+        ("limits.max_junk_commands", config.limits.max_junk_commands),
     ):
         if count < 0:
             raise ConfigError(f"{key}: must not be negative (0 turns the limit off)")
@@ -463,6 +481,7 @@ def validate(config: Config) -> None:
         ("limits.pop3_timeout", config.limits.pop3_timeout),
         ("limits.imap_timeout", config.limits.imap_timeout),
         ("limits.auth_failure_window", config.limits.auth_failure_window),
+        ("limits.command_deadline", config.limits.command_deadline),
         ("queue.max_age", config.queue.max_age),
         ("queue.lease", config.queue.lease),
         ("relay.timeout", config.relay.timeout),

@@ -10,9 +10,14 @@ bug).
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Coroutine
 from typing import Any, cast
+
+from tidings.guard import Defences, SlowClientGuard
+
+log = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
 # Reading pauses when this much unprocessed input is buffered (a client pipelining a flood).
@@ -25,6 +30,10 @@ class ConnectionClosed(Exception):
 
 class ClientConnection(asyncio.Protocol):
     """One client connection served by one session task (``run_session``)."""
+
+    protocol_name = "?"  # for log lines
+    # Set by the listener: the connection limits and the slow-client rule (guard.py).
+    defences: Defences | None = None
 
     def __init__(self, implicit_tls: bool, registry: set[Any]) -> None:
         self.tls_active = implicit_tls
@@ -39,8 +48,15 @@ class ClientConnection(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._writing_paused = False
+        self._admitted = False
+        self._waiting_input = False
+        self._slow: SlowClientGuard | None = None
 
     # what a protocol provides
+
+    def refusal(self, reason: str) -> bytes:
+        """The protocol's last words before it closes a connection it will not serve."""
+        raise NotImplementedError
 
     def run_session(self) -> Coroutine[Any, Any, None]:
         raise NotImplementedError
@@ -60,11 +76,23 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "?"
+        if self.defences is not None:
+            reason = self.defences.gate.admit(self.peer)
+            if reason is not None:
+                self._refuse(reason)
+                return
+            self._admitted = True
+            self._slow = self.defences.slow_client_guard(
+                lambda: self._waiting_input,
+                lambda: self._refuse("Too slow; closing the connection"),
+            )
         self.task = asyncio.get_running_loop().create_task(self.run_session())
         self._registry.add(self)
         self.task.add_done_callback(lambda _: self._registry.discard(self))
 
     def data_received(self, data: bytes) -> None:
+        if self._slow is not None:
+            self._slow.received(len(data))
         if self.take_input(data) > MAX_BUFFERED_INPUT and not self._reading_paused:
             assert self.transport is not None
             self.transport.pause_reading()
@@ -77,6 +105,11 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted and self.defences is not None:
+            self._admitted = False
+            self.defences.gate.release(self.peer)
+        if self._slow is not None:
+            self._slow.done()
         self._eof = True
         self._readable.set()
         self._wake(self._drain_waiter)
@@ -111,7 +144,22 @@ class ClientConnection(asyncio.Protocol):
     async def wait_readable(self) -> None:
         """Until input (or its end) arrives after the last :meth:`will_read`."""
         self.resume_reading()
-        await self._readable.wait()
+        self._waiting_input = True
+        try:
+            await self._readable.wait()
+        finally:
+            self._waiting_input = False
+
+    def command_done(self) -> None:
+        """A whole command (with its literals) has been read: the slow-client clock stops."""
+        if self._slow is not None:
+            self._slow.done()
+
+    def _refuse(self, reason: str) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            log.info("%s %s: %s", self.protocol_name, self.peer, reason)
+            self.transport.write(self.refusal(reason))
+            self.transport.close()
 
     def resume_reading(self) -> None:
         if self._reading_paused and self.transport is not None:

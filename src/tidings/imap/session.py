@@ -54,7 +54,6 @@ from tidings.store.notify import MailboxEvents, MailboxWatch
 
 log = logging.getLogger(__name__)
 
-MAX_BAD_COMMANDS = 50
 # FETCH and SEARCH read bodies in chunks of this many messages / bytes: memory stays bounded.
 CHUNK_MESSAGES = 200
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -90,6 +89,9 @@ class ImapSettings:
     max_literal: int = p.MAX_LITERAL
     max_append: int = p.MAX_APPEND
     allow_insecure_auth: bool = False
+    # BAD replies, and commands before login, after which the session is closed (0: no limit).
+    max_errors: int = 20
+    max_junk_commands: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +125,15 @@ class Connection(ClientConnection):
     as a command of the protected session (RFC 3501 §6.2.1).
     """
 
+    protocol_name = "imap"
+
     def __init__(self, service: ImapService, implicit_tls: bool) -> None:
         super().__init__(implicit_tls, service.connections)
         self.service = service
         self.reader = service.new_reader()
+
+    def refusal(self, reason: str) -> bytes:
+        return r.bye(reason, r.UNAVAILABLE)
 
     def run_session(self) -> Coroutine[Any, Any, None]:
         return Session(self.service, self).run()
@@ -151,6 +158,8 @@ class Connection(ClientConnection):
             self.will_read()
             event = self.reader.next_event()
             if not isinstance(event, p.NeedMore):
+                if not isinstance(event, p.SendContinuation):
+                    self.command_done()
                 return event
             await self.wait_for_data()
 
@@ -159,6 +168,7 @@ class Connection(ClientConnection):
             self.will_read()
             event = self.reader.next_line()
             if not isinstance(event, p.NeedMore):
+                self.command_done()
                 return event
             await self.wait_for_data()
 
@@ -181,6 +191,7 @@ class Session:
         self.view: MailboxView | None = None
         self.watch: MailboxWatch | None = None
         self.bad_commands = 0
+        self.commands_before_login = 0
         self.done = False
         self.out: list[bytes] = []
 
@@ -258,17 +269,33 @@ class Session:
         if error.status == "BAD":
             self.bad_commands += 1
         self.send(reply)
-        if error.fatal or self.bad_commands >= MAX_BAD_COMMANDS:
-            self.send(r.bye("Too many errors" if not error.fatal else "Cannot go on reading"))
+        if error.fatal:
+            self.send(r.bye("Cannot go on reading"))
+            self.done = True
+        else:
+            self.check_error_count()
+
+    def check_error_count(self) -> None:
+        limit = self.settings.max_errors
+        if limit and self.bad_commands >= limit and not self.done:
+            self.send(r.bye("Too many errors; closing the connection"))
             self.done = True
 
     async def dispatch(self, request: p.Request) -> None:
         command = request.command
         tag = request.tag
         name = type(command).__name__.upper()
+        if self.state == NOT_AUTHENTICATED:
+            self.commands_before_login += 1
+            limit = self.settings.max_junk_commands
+            if limit and self.commands_before_login > limit:
+                self.send(r.bye("Too many commands without logging in; closing the connection"))
+                self.done = True
+                return
         if not isinstance(command, ALLOWED[self.state]):
             self.bad_commands += 1
             self.send(r.bad(tag, f"{name} is not valid in the {self.state} state"))
+            self.check_error_count()
             return
         handler: Callable[[str, Any], Awaitable[None]] = getattr(
             self, "do_" + type(command).__name__
@@ -277,7 +304,9 @@ class Session:
             await handler(tag, command)
         except ImapError as e:
             if e.status == "BAD":
+                self.bad_commands += 1
                 self.send(r.bad(tag, e.text, e.code))
+                self.check_error_count()
             else:
                 self.send(r.no(tag, e.text, e.code))
         except SQLAlchemyError as e:

@@ -53,7 +53,6 @@ from tidings.store.notify import MailboxEvents
 
 log = logging.getLogger(__name__)
 
-MAX_BAD_COMMANDS = 20
 # Read-ahead for RETR/TOP: clients fetch in order, so the next messages' bodies come in the
 # same query, up to this many messages and bytes (bounded memory per session).
 READ_AHEAD_MESSAGES = 32
@@ -67,6 +66,10 @@ class Pop3Settings:
     keep_on_server: bool = False
     allow_insecure_auth: bool = False
     timeout: float = 600.0
+    # -ERR replies to bad commands, and commands before login, after which the session is
+    # closed (0: no limit).
+    max_errors: int = 20
+    max_junk_commands: int = 100
 
 
 class Pop3Error(Exception):
@@ -87,10 +90,15 @@ class LineTooLong(Exception):
 class Connection(ClientConnection):
     """One client connection; the session reads lines from it and writes bytes to it."""
 
+    protocol_name = "pop3"
+
     def __init__(self, service: Pop3Service, implicit_tls: bool) -> None:
         super().__init__(implicit_tls, service.connections)
         self.service = service
         self._buffer = bytearray()
+
+    def refusal(self, reason: str) -> bytes:
+        return err(reason, "SYS/TEMP")  # RFC 3206 §4: a temporary condition
 
     def run_session(self) -> Coroutine[Any, Any, None]:
         return Session(self.service, self).run()
@@ -112,6 +120,7 @@ class Connection(ClientConnection):
             if nl >= 0:
                 line = bytes(self._buffer[: nl + 1])
                 del self._buffer[: nl + 1]
+                self.command_done()
                 if len(self._buffer) <= MAX_BUFFERED_INPUT // 2:
                     self.resume_reading()
                 if skipping or len(line) > limit:
@@ -168,6 +177,7 @@ class Session:
         self.retrieved: set[int] = set()  # message numbers sent whole by RETR
         self.bodies: dict[int, bytes] = {}  # read-ahead: message number → stored bytes
         self.bad_commands = 0
+        self.commands_before_login = 0
         self.done = False
 
     # --- the loop -----------------------------------------------------------------------------
@@ -220,13 +230,21 @@ class Session:
 
     async def bad(self, reason: str) -> None:
         self.bad_commands += 1
-        if self.bad_commands >= MAX_BAD_COMMANDS:
+        limit = self.settings.max_errors
+        if limit and self.bad_commands >= limit:
             self.send(err(f"{reason}; too many bad commands, closing the connection"))
             self.done = True
         else:
             self.send(err(reason))
 
     async def dispatch(self, command: p.Command) -> None:
+        if self.state == AUTHORIZATION:
+            self.commands_before_login += 1
+            limit = self.settings.max_junk_commands
+            if limit and self.commands_before_login > limit:
+                self.send(err("Too many commands without logging in; closing the connection"))
+                self.done = True
+                return
         if not isinstance(command, ALLOWED[self.state]):
             name = type(command).__name__.upper()
             where = "before login" if self.state == AUTHORIZATION else "after login"

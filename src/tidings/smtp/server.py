@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from tidings import metrics
 from tidings.address import Address, AddressError, parse_params, parse_path
 from tidings.config import Config
+from tidings.guard import Defences, SlowClientGuard
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ TLS_HANDSHAKE_TIMEOUT = 30.0
 END_OF_DATA = b"\r\n.\r\n"
 # RFC 5321 §3.8: a server that must stop says 421 and closes, between transactions.
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down\r\n"
+# Commands that move no mail (RFC 5321 §4.1.4 has no limit; Postfix calls them junk): too many
+# of them between two accepted messages end the session.
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "EHLO", "HELO"})
 # Enhanced status codes (RFC 3463) for replies whose text does not carry one already.
 DEFAULT_ENHANCED = {
     211: "2.0.0", 214: "2.0.0", 221: "2.0.0", 250: "2.0.0", 251: "2.1.5", 252: "2.5.0",
@@ -139,6 +143,7 @@ def _finishes_before_stop(
             await method(self, arg)
         finally:
             self._in_data = False
+            self._command_done()
         if self.shutting_down and not self.in_data_transaction:
             self.say_goodbye()
 
@@ -153,6 +158,8 @@ class TidingsSMTP(SMTP):
     protocol_name = "smtp"
     sessions: SmtpSessions | None = None
     metrics_service = "smtp"  # the service label of the SMTP metrics
+    # Set by the listener: the connection limits and the slow-client rule (guard.py).
+    defences: Defences | None = None
 
     def __init__(
         self,
@@ -165,6 +172,8 @@ class TidingsSMTP(SMTP):
         bare_line_endings: str,
         tls_context: ssl.SSLContext | None,
         implicit_tls: bool = False,
+        max_errors: int = 0,
+        max_junk_commands: int = 0,
     ) -> None:
         super().__init__(
             handler,
@@ -189,6 +198,16 @@ class TidingsSMTP(SMTP):
         self._started_tls = False
         self._in_data = False
         self.shutting_down = False
+        # Per-session abuse limits (0: none); both counts restart with each accepted message.
+        self.max_errors = max_errors
+        self.max_junk_commands = max_junk_commands
+        self._errors = 0
+        self._junk = 0
+        self._admitted = False
+        self._refused = False
+        self._slow: SlowClientGuard | None = None
+        for name in JUNK_COMMANDS & self._smtp_methods.keys():
+            self._smtp_methods[name] = self._counted_as_junk(self._smtp_methods[name])
 
     @classmethod
     def from_config(
@@ -205,6 +224,8 @@ class TidingsSMTP(SMTP):
             bare_line_endings=limits.bare_line_endings,
             tls_context=tls,
             implicit_tls=implicit_tls,
+            max_errors=limits.max_errors,
+            max_junk_commands=limits.max_junk_commands,
         )
 
     # aiosmtpd creates these; Tidings' versions carry more state.
@@ -232,18 +253,92 @@ class TidingsSMTP(SMTP):
         return self.implicit_tls or getattr(self, "_started_tls", False)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
-        if self.shutting_down and (self.transport is None or self.transport.is_closing()):
-            return  # the 421 has been said and the connection is closing
+        if self.transport is None or self.transport.is_closing():
+            return  # a 421 has been said and the connection is closing
         await super().push(with_enhanced_code(status))
+        if status[:1] == "5" and self.max_errors:
+            self._errors += 1
+            if self._errors >= self.max_errors:
+                self._close_with("421 4.7.0 Too many errors; closing the connection")
+
+    # --- abuse limits (guard.py) -------------------------------------------------------------
+
+    def _counted_as_junk(
+        self, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
+        async def counted(arg: str | None) -> None:
+            self._junk += 1
+            if self.max_junk_commands and self._junk > self.max_junk_commands:
+                self._close_with("421 4.7.0 Too many commands without mail; closing the connection")
+                return
+            await method(arg)
+
+        return counted
+
+    def message_accepted(self) -> None:
+        """A message got its 250: the session is doing what it is for."""
+        self._errors = self._junk = 0
+
+    def _close_with(self, reply: str) -> None:
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if transport is not None and not transport.is_closing():
+            log.info("%s %s: %s", self.protocol_name, self._peer_text(), reply)
+            transport.write(f"{reply}\r\n".encode())
+            transport.close()
+
+    def _peer_text(self) -> str:
+        peer = self.session.peer if self.session is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) else "?"
+
+    def data_received(self, data: bytes) -> None:
+        if self._slow is not None:
+            self._slow.received(len(data))
+        super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this as it dispatches each command (and DATA/BDAT as chunks arrive).
+        super()._reset_timeout(duration)
+        if not self._in_data:
+            self._command_done()
+
+    def _command_done(self) -> None:
+        if self._slow is not None:
+            self._slow.done()
+
+    def _waiting_for_client(self) -> bool:
+        return getattr(self._reader, "_waiter", None) is not None
 
     # --- stopping (RFC 5321 §3.8) ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.defences is not None:
+            peer = transport.get_extra_info("peername")
+            reason = self.defences.gate.admit(str(peer[0]) if isinstance(peer, tuple) else "?")
+            if reason is not None:
+                # RFC 5321 §3.1: a server may answer the connection with 421 and close it.
+                self._refused = True
+                log.info("%s %s: %s", self.protocol_name, peer, reason)
+                cast(asyncio.WriteTransport, transport).write(
+                    f"421 4.7.0 {self.hostname} {reason}\r\n".encode()
+                )
+                transport.close()
+                return
+            self._admitted = True
+            self._slow = self.defences.slow_client_guard(
+                self._waiting_for_client,
+                lambda: self._close_with("421 4.4.2 Too slow; closing the connection"),
+            )
         super().connection_made(transport)
         if self.sessions is not None:
             self.sessions.add(self)
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._admitted and self.defences is not None:
+            self._admitted = False
+            self.defences.gate.release(self._peer_text())
+        self._command_done()
         super().connection_lost(error)
         if self.sessions is not None:
             self.sessions.discard(self)
@@ -661,6 +756,8 @@ class TidingsSMTP(SMTP):
         reply = status or "250 2.0.0 OK"
         # Logged before the reply is sent: a client gone meanwhile does not unmake the commit.
         self.log_transaction(envelope, reply)
+        if reply.startswith("250"):
+            self.message_accepted()
         await self.push(reply)
 
 
