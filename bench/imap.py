@@ -1369,8 +1369,13 @@ def run(args: argparse.Namespace, directory: Path) -> None:
     if not args.issue_targets and not args.plain:
         listen["imap"] = ""
     with database(args, directory) as db_url:
+        # Thousands of sessions from one loopback address: past the per-address default.
         config = write_config(
-            directory, db_url, listen=listen, imap={"allow_insecure_auth": args.plain}
+            directory,
+            db_url,
+            listen=listen,
+            imap={"allow_insecure_auth": args.plain},
+            limits={"max_connections": 0, "max_connections_per_ip": 0},
         )
         if not args.skip_fill:
             asyncio.run(provision(db_url))
