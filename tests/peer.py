@@ -52,7 +52,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 from tidings.tls import write_self_signed
 
@@ -72,6 +72,7 @@ class Received:
     mail_options: tuple[str, ...]  # e.g. ("BODY=8BITMIME", "SMTPUTF8", "SIZE=123")
     connection: int  # the number of the connection it came on (0, 1, ...)
     reply: str  # the peer's answer; "" when the script dropped the connection
+    login: str | None = None  # the user the client authenticated as, with ``auth``
 
     @property
     def accepted(self) -> bool:
@@ -108,12 +109,17 @@ class SMTPPeer:
         reject: Mapping[str, str] | Iterable[str] = (),
         on_connect: str = "serve",
         certificate: tuple[Path, Path] | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
+        # (user, password) a smarthost requires (AUTH PLAIN/LOGIN, only under STARTTLS); every
+        # attempt is kept in ``logins`` as (user, password, accepted).
+        self.auth = auth
+        self.logins: list[tuple[str, str, bool]] = []
         self.certificate = certificate
         self.port = port
         self.hostname = hostname
-        self.starttls = starttls or require_starttls
+        self.starttls = starttls or require_starttls or auth is not None
         self.require_starttls = require_starttls
         self.smtputf8 = smtputf8
         self.pipelining = pipelining
@@ -301,8 +307,22 @@ class SMTPPeer:
                 enable_SMTPUTF8=self.smtputf8,
                 data_size_limit=self.max_size,
                 loop=loop,
+                **(
+                    {"authenticator": self._authenticate, "auth_required": True}
+                    if self.auth is not None
+                    else {}
+                ),
             )
         return _Unwelcoming(self, connection)
+
+    def _authenticate(
+        self, server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        assert self.auth is not None
+        user, password = data.login.decode(), data.password.decode()
+        accepted = (user, password) == self.auth
+        self.logins.append((user, password, accepted))
+        return AuthResult(success=accepted, handled=False, auth_data=data)
 
     def _opened(self, protocol: Any) -> None:
         self._live.add(protocol)
@@ -379,6 +399,7 @@ class SMTPPeer:
                 mail_options=tuple(envelope.mail_options),
                 connection=server.connection.number,
                 reply="" if reply == DROP else reply,
+                login=session.auth_data.login.decode() if session.auth_data else None,
             )
         )
         server.connection.transactions += 1

@@ -479,3 +479,86 @@ def test_smarthost_takes_everything(tmp_path: Path, db_url: str, dns_server: DNS
         finally:
             server.stop()
     assert received.recipients == ("who@no-such-domain.invalid",)
+
+
+def smarthost_server(
+    tmp_path: Path, db_url: str, dns: DNSTestServer, peer: SMTPPeer, password: str
+) -> TidingsServer:
+    """Relaying through ``peer`` as smarthost by name (localhost, which its certificate
+    names), trusting its certificate through relay.ca_file, with the given password."""
+    run(add_users(db_url, ALICE))
+    relay: dict[str, object] = {
+        "smarthost": f"localhost:{peer.port}",
+        "smarthost_username": "relay-user",
+        "smarthost_password": password,
+        "timeout": 5.0,
+    }
+    if peer.cert_path is not None:
+        relay["ca_file"] = str(peer.cert_path)
+    config = write_config(
+        tmp_path,
+        db_url,
+        dns={"nameservers": [dns.address], "timeout": 1.0},
+        relay=relay,
+        queue={"retry_schedule": [60.0]},
+    )
+    return TidingsServer(config).start()
+
+
+def test_smarthost_auth_over_verified_tls(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    with SMTPPeer(auth=("relay-user", "s3cret pass")) as smarthost:
+        server = smarthost_server(tmp_path, db_url, dns_server, smarthost, "s3cret pass")
+        try:
+            submit(server, ["who@far.example"], [message(6, "who@far.example")])
+            [received] = smarthost.wait_for_sync(1, timeout=20)
+            wait_for(lambda: queue_json(server.config) == [], what="queue empty")
+        finally:
+            server.stop()
+    assert received.accepted and received.tls
+    assert received.login == "relay-user"
+    assert received.recipients == ("who@far.example",)
+
+
+def test_smarthost_refusing_the_password_keeps_the_message_queued(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    with SMTPPeer(auth=("relay-user", "s3cret pass")) as smarthost:
+        server = smarthost_server(tmp_path, db_url, dns_server, smarthost, "wrong")
+        try:
+            submit(server, ["who@far.example"], [message(7, "who@far.example")])
+            wait_for(lambda: smarthost.logins != [], what="an AUTH attempt")
+            wait_for(
+                lambda: queue_json(server.config)[0]["recipients"][0]["attempts"] == 1,
+                what="the attempt recorded",
+            )
+            [row] = queue_json(server.config)
+        finally:
+            server.stop()
+    assert smarthost.logins == [("relay-user", "wrong", False)]
+    assert smarthost.messages == []
+    # A refused login is the smarthost's trouble (or ours), not the message's: it waits for
+    # the next attempt, with the smarthost's answer as the reason.
+    [recipient] = row["recipients"]
+    assert recipient["recipient"] == "who@far.example"
+    assert "smarthost AUTH" in recipient["last_error"]
+
+
+def test_smarthost_without_tls_never_gets_the_password(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    with SMTPPeer() as smarthost:  # no STARTTLS, so no AUTH either
+        server = smarthost_server(tmp_path, db_url, dns_server, smarthost, "s3cret pass")
+        try:
+            submit(server, ["who@far.example"], [message(8, "who@far.example")])
+            wait_for(
+                lambda: queue_json(server.config)[0]["recipients"][0]["attempts"] == 1,
+                what="the attempt recorded",
+            )
+            [row] = queue_json(server.config)
+        finally:
+            server.stop()
+    assert smarthost.messages == []
+    assert "offers no TLS" in row["recipients"][0]["last_error"]
+    assert "s3cret" not in server.log()
