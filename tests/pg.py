@@ -45,6 +45,7 @@ class PostgresServer:
     port: int
     base: Path
     bindir: Path
+    options: str = ""  # what pg_ctl passes to the server: port, socket dir, settings
 
     def url(self, dbname: str) -> str:
         return f"postgresql+asyncpg://postgres@{self.host}:{self.port}/{dbname}"
@@ -66,6 +67,19 @@ class PostgresServer:
         )
         shutil.rmtree(self.base, ignore_errors=True)
 
+    def shut_down(self, mode: str = "fast") -> None:
+        """Stop the server and wait until it is down, keeping its data for :meth:`start_again`.
+        ``fast`` ends every session (clients see their connections closed), as an operator's
+        ``systemctl stop postgresql`` does; ``immediate`` is a crash."""
+        _run_as_postgres(
+            [str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", mode, "-w",
+             "stop"]
+        )  # fmt: skip
+
+    def start_again(self) -> None:
+        """Start the server stopped by :meth:`shut_down`: same data, same port."""
+        _pg_ctl_start(self.bindir, self.base, self.options)
+
 
 def _run_as_postgres(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     if os.geteuid() == 0:
@@ -73,7 +87,10 @@ def _run_as_postgres(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(data_on: Path | None = None) -> PostgresServer:
+    """A new cluster; with ``data_on``, its data directory there (a small disk a test fills)
+    and its WAL beside the rest, so that a full ``data_on`` fails writes with SQLSTATE 53100
+    instead of stopping the server."""
     bindir = find_pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -82,17 +99,27 @@ def start_postgres() -> PostgresServer:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     data = base / "data"
-    _run_as_postgres(
-        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-         "-E", "UTF8", "--no-sync"]
-    )  # fmt: skip
+    initdb = [str(bindir / "initdb"), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]
+    if data_on is not None:
+        if os.geteuid() == 0:
+            shutil.chown(data_on, "postgres", "postgres")
+        (data_on / "data").mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            shutil.chown(data_on / "data", "postgres", "postgres")
+        data.symlink_to(data_on / "data")
+        initdb += ["--waldir", str(base / "wal")]
+    _run_as_postgres([*initdb, "-D", str(data)])
     port = free_port()
     options = (
         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
+    _pg_ctl_start(bindir, base, options)
+    return PostgresServer("127.0.0.1", port, base, bindir, options)
+
+
+def _pg_ctl_start(bindir: Path, base: Path, options: str) -> None:
     _run_as_postgres(
-        [str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(base / "log"),
+        [str(bindir / "pg_ctl"), "-D", str(base / "data"), "-o", options, "-l", str(base / "log"),
          "-w", "start"]
     )  # fmt: skip
-    return PostgresServer("127.0.0.1", port, base, bindir)

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tidings import metrics
 from tidings.store.accounts import AdminError, account_address, get_password_hash
-from tidings.store.db import Store, describe_db_error
+from tidings.store.db import Store, StoreError, describe_db_error
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Authenticator:
         await self._reserve(ip, address or user, protocol)
         try:
             stored_hash = await get_password_hash(self.store, address) if address else None
-        except (SQLAlchemyError, OSError) as e:
+        except (SQLAlchemyError, OSError, StoreError) as e:
             self.limiter.withdraw(ip, address or user)  # our failure, not the client's
             metrics.auth_failure(protocol, "unavailable")
             log.error("%s %s: login: %s", protocol, ip, describe_db_error(e))

@@ -43,7 +43,7 @@ from tidings.address import Address, normalize_domain
 from tidings.config import DeliveryConfig
 from tidings.mime import StoredForm, analyze, stored_form
 from tidings.store.accounts import now
-from tidings.store.db import Store, StoreError, describe_db_error
+from tidings.store.db import Store, StoreError, describe_db_error, store_error
 from tidings.store.filing import (
     Claimed,
     QueueClaim,
@@ -214,7 +214,7 @@ class MailDelivery:
                     raise MailboxFull(str(address))
             return entry
         except (SQLAlchemyError, OSError) as e:
-            raise StoreError(describe_db_error(e)) from e
+            raise store_error(e) from e
 
     async def directory_serial(self) -> int | None:
         """The directory serial, read at most every DIRECTORY_POLL_SECONDS; clears the cache."""
@@ -515,7 +515,7 @@ def _as_store_error(error: Exception) -> Exception:
     if isinstance(error, RecipientError | StoreError):
         return error
     log.error("delivery failed: %s", describe_db_error(error))
-    return StoreError(describe_db_error(error))
+    return store_error(error)  # StorageFull when the disk is full
 
 
 @dataclass(frozen=True, slots=True)

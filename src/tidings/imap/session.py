@@ -49,7 +49,7 @@ from tidings.imap.view import InvalidNumbers, MailboxView, Snapshot, ViewMessage
 from tidings.mime import MessageInfo, SearchHeaders, analyze, envelope_sexp, stored_form
 from tidings.store import folders as fo
 from tidings.store import mailbox as mb
-from tidings.store.db import Store, describe_db_error
+from tidings.store.db import Store, StoreError, describe_db_error, is_storage_full
 from tidings.store.notify import MailboxEvents, MailboxWatch
 
 log = logging.getLogger(__name__)
@@ -309,9 +309,13 @@ class Session:
                 self.check_error_count()
             else:
                 self.send(r.no(tag, e.text, e.code))
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, StoreError) as e:
+            # RFC 5530 §3: UNAVAILABLE, "a subsystem is down" — the database, or its disk when
+            # full (not OVERQUOTA: no user's quota is at fault; not LIMIT: retrying once space
+            # is freed succeeds). The session stays usable: the next command tries again.
             log.error("imap %s: %s: %s", self.conn.peer, name, describe_db_error(e))
-            self.send(r.no(tag, "Temporary server failure, try again later", r.UNAVAILABLE))
+            reason = "Mail storage is full" if is_storage_full(e) else "Temporary server failure"
+            self.send(r.no(tag, f"{reason}, try again later", r.UNAVAILABLE))
 
     # --- any state ------------------------------------------------------------------------------
 

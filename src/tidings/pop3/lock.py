@@ -65,7 +65,7 @@ class MaildropLocks:
     async def _query(self, sql: str, mailbox_id: int) -> object:
         async with self._mutex:
             if self._conn is None:
-                conn = await self.store.engine.connect()
+                conn = await self.store.connect()  # StoreError when the server is down
                 self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             try:
                 return await self._conn.scalar(text(sql), {"ns": NAMESPACE, "id": mailbox_id})

@@ -47,7 +47,7 @@ from tidings.pop3.responses import (
     unique_id,
 )
 from tidings.store import mailbox as mb
-from tidings.store.db import Store, describe_db_error
+from tidings.store.db import Store, StoreError, describe_db_error
 from tidings.store.models import Blob
 from tidings.store.notify import MailboxEvents
 
@@ -257,6 +257,10 @@ class Session:
             await handler(command)
         except Pop3Error as e:
             self.send(e.reply)
+        except (SQLAlchemyError, StoreError) as e:
+            # RFC 3206 §4: SYS/TEMP, a temporary problem of ours; the session goes on.
+            log.error("pop3 %s: %s", self.conn.peer, describe_db_error(e))
+            self.send(err("Temporary server failure, try again later", "SYS/TEMP"))
 
     # --- AUTHORIZATION ------------------------------------------------------------------------
 
@@ -369,7 +373,7 @@ class Session:
             except BaseException:
                 await locks.release(inbox.id)
                 raise
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, StoreError) as e:
             log.error("pop3 %s: opening maildrop: %s", self.conn.peer, describe_db_error(e))
             raise Pop3Error("Temporary server failure, try again later", "SYS/TEMP") from None
         visible = tuple(m for m in rows if mb.DELETED_FLAG not in m.flag_set)
@@ -388,7 +392,7 @@ class Session:
         # UPDATE state (RFC 1939 §6).
         try:
             removed = await self.update()
-        except (SQLAlchemyError, LookupError) as e:
+        except (SQLAlchemyError, StoreError, LookupError) as e:
             log.error("pop3 %s: UPDATE failed: %s", self.conn.peer, describe_db_error(e))
             raise Pop3Error("Some deleted messages not removed", "SYS/TEMP") from None
         left = len(self.maildrop.messages) - removed if self.maildrop else 0
@@ -502,7 +506,7 @@ class Session:
             async with self.store.read() as db:
                 rows = await db.execute(select(Blob.id, Blob.data).where(Blob.id.in_(list(wanted))))
                 found = {blob_id: bytes(blob) for blob_id, blob in rows}
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, StoreError) as e:
             log.error("pop3 %s: reading message: %s", self.conn.peer, describe_db_error(e))
             raise Pop3Error("Temporary server failure, try again later", "SYS/TEMP") from None
         for blob_id, k in wanted.items():

@@ -24,7 +24,7 @@ from tidings.mailauth.spf import spf_for_session
 from tidings.mailauth.verdict import judge
 from tidings.smtp.policy import accept_recipient
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
-from tidings.store.db import StoreError
+from tidings.store.db import StorageFull, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ def received_header(
         f"\t{formatdate(localtime=False, usegmt=True)}\r\n"
     )
     return header.encode("utf-8", "surrogateescape")
+
+
+def not_stored_reply(error: StoreError) -> str:
+    """The reply to a message the store could not take: a temporary failure either way, and
+    RFC 3463 §3.4 says which — 4.3.1 "mail system full" when the disk is full (an operator
+    must free space; clients retry later), 4.3.0 otherwise (the database is unreachable)."""
+    if isinstance(error, StorageFull):
+        return "452 4.3.1 Message not stored (mail system full), try again later"
+    return "451 4.3.0 Message not stored (storage unavailable), try again later"
 
 
 def _printable(text: str) -> str:
@@ -162,6 +171,6 @@ class InboundHandler:
             return e.reply
         except StoreError as e:
             log.error("message %s not stored: %s", message_id, e)
-            return "451 4.3.0 Message not stored (storage unavailable), try again later"
+            return not_stored_reply(e)
         # The engine logs the transaction (TidingsSMTP.log_transaction) with this reply.
         return f"250 2.0.0 Ok: queued as {message_id}"

@@ -44,7 +44,7 @@ from tidings.delivery import (
 from tidings.logs import header_message_id
 from tidings.mailauth.results import header_fields
 from tidings.mailauth.signing import SigningError, SigningKey, sign_message
-from tidings.smtp.inbound import received_header
+from tidings.smtp.inbound import not_stored_reply, received_header
 from tidings.smtp.policy import accept_recipient
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
 from tidings.store.db import StoreError
@@ -303,7 +303,7 @@ class SubmissionHandler:
             return e.reply
         except StoreError as e:
             log.error("message %s not stored: %s", message_id, e)
-            return "451 4.3.0 Message not stored (storage unavailable), try again later"
+            return not_stored_reply(e)
         # The engine logs the transaction (TidingsSMTP.log_transaction) with this reply.
         return f"250 2.0.0 Ok: queued as {message_id}"
 

@@ -9,8 +9,10 @@ upgrades a read lock; read transactions stay deferred and never wait for writers
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -41,6 +43,51 @@ SQLITE_CHECKPOINT_SECONDS = 1.0
 
 class StoreError(Exception):
     """The store cannot do what was asked (database down, disk full): a temporary failure."""
+
+
+class StorageFull(StoreError):
+    """The database's disk (or quota) is full: nothing new can be stored until space is freed.
+
+    RFC 3463 §3.4 names it "mail system full" (X.3.1); SMTP answers ``452 4.3.1``.
+    """
+
+
+# SQLite's primary result code for "database or disk is full" (sqlite3.h).
+SQLITE_FULL = 13
+# PostgreSQL's SQLSTATE class 53, insufficient resources: disk_full.
+PG_DISK_FULL = "53100"
+
+
+def store_error(error: BaseException) -> StoreError:
+    """``error`` (the driver's, SQLAlchemy's or the system's) as the StoreError it means."""
+    if isinstance(error, StoreError):
+        return error
+    kind = StorageFull if is_storage_full(error) else StoreError
+    return kind(describe_db_error(error))
+
+
+def is_storage_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it wraps, says the database's disk is full."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, StorageFull):
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, sqlite3.Error) and (
+            getattr(e, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL
+            or "database or disk is full" in str(e)
+        ):
+            return True
+        if PG_DISK_FULL in (getattr(e, "sqlstate", None), getattr(e, "pgcode", None)):
+            return True
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return False
 
 
 class Store:
@@ -146,7 +193,7 @@ class Store:
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
                     )
                 await conn.run_sync(_upgrade_to_head)
-        except (OSError, DBAPIError) as e:
+        except (OSError, DBAPIError, StoreError) as e:
             raise StoreError(f"cannot open the database: {describe_db_error(e)}") from e
 
     async def schema_version(self) -> str | None:
@@ -158,18 +205,37 @@ class Store:
             version = await conn.scalar(text("SELECT version_num FROM alembic_version"))
             return None if version is None else str(version)
 
+    async def connect(self) -> AsyncConnection:
+        """A connection from the pool; StoreError when none can be had.
+
+        A PostgreSQL server that is down, starting or shutting down fails the connect with the
+        system's or asyncpg's own exception, which SQLAlchemy passes on unwrapped: whatever it
+        is, the store is unavailable, and callers need to know only that.
+        """
+        try:
+            return await self.engine.connect()
+        except Exception as e:
+            raise store_error(e) from e
+
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A write transaction: commits on leaving the block, rolls back on an exception."""
-        async with self.engine.connect() as conn:
+        conn = await self.connect()
+        try:
             await conn.execution_options(tidings_write=True)
             async with conn.begin():
                 yield conn
+        finally:
+            await asyncio.shield(conn.close())
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        conn = await self.connect()
+        try:
+            async with conn.begin():
+                yield conn
+        finally:
+            await asyncio.shield(conn.close())
 
 
 def _in_transaction(engine: Engine, fn: Callable[[Connection], T], *, write: bool) -> T:
