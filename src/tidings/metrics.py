@@ -151,6 +151,7 @@ REASONS = {
     "550 5.6.11": "bare_line_ending",
     "550 5.6.0": "bad_header",
     "451 4.3.0": "temporary_failure",
+    "452 4.3.1": "storage_full",
     "451 4.7.24": "spf_temperror",
     "451 4.7.0": "dmarc_temperror",
     "451 4.7.5": "dkim_temperror",

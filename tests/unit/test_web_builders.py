@@ -300,6 +300,7 @@ def test_request_host(header: str, host: str) -> None:
         ("552 5.3.4 Message too big", "too_big"),
         ("550 5.6.11 Message contains bare CR or LF", "bare_line_ending"),
         ("451 4.3.0 Message not stored", "temporary_failure"),
+        ("452 4.3.1 Message not stored (mail system full)", "storage_full"),
         ("451 4.7.24 Temporary DNS failure checking SPF", "spf_temperror"),
         ("550 5.7.26 something new", "5.7.26"),
         ("421 closing", "421"),
