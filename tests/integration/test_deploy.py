@@ -96,6 +96,8 @@ def test_dockerfile_config_is_valid_and_exposes_its_listeners() -> None:
     assert sum(word == "FROM" for word, _ in dockerfile_instructions()) == 2  # multi-stage
     runs = " ".join(rest for word, rest in dockerfile_instructions() if word == "RUN")
     assert "setcap cap_net_bind_service=+ep" in runs
+    # The data volume (database, generated key, config) is the user's alone.
+    assert "install -d -o tidings -g tidings -m 0700 /var/lib/tidings" in runs
     with pytest.raises(ConfigError, match="unknown key"):
         build_config({}, {"TIDINGS_LISTEN__SMPT": "0.0.0.0:25"}, "/")
 
@@ -164,6 +166,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         "ProtectSystem=strict",
         "ReadWritePaths=/var/lib/tidings",
         "StateDirectoryMode=0700",
+        "UMask=0077",
         "PrivateTmp=yes",
         "Restart=on-failure",
         "ExecReload=/bin/kill -HUP $MAINPID",
@@ -465,6 +468,8 @@ def test_wheel_in_fresh_virtualenv_runs_unprivileged() -> None:
         # An admin command, as `docker compose exec tidings tidings domain add` runs it.
         result = run([*runner.prefix, "tidings", "domain", "add", "deploy.test"], env=env, cwd=data)
         assert "deploy.test" in result.stdout
+        written = {p.name for p in data.rglob("*")}
+        assert {"tidings.toml", "tidings.db", "tls", "key.pem", "cert.pem"} <= written, written
         check_private(data, runner.uid)
 
         process.send_signal(signal.SIGTERM)
