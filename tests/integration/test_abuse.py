@@ -157,6 +157,17 @@ def test_connections_per_address_are_counted_over_every_listener(limited: Tiding
             client.close()
 
 
+@pytest.mark.parametrize("name", ["smtp", "submission", "imap", "pop3"])
+def test_clients_that_hang_up_at_once_free_their_places(limited: TidingsServer, name: str) -> None:
+    """A connection closed before its greeting is read must not sit half-open on the server
+    (it once did on SMTP until the 5-minute idle timeout), holding a place under the limit."""
+    for _ in range(2 * LIMITS["max_connections_per_ip"]):
+        socket.create_connection(limited.addresses[name]).close()
+    held = [greeted(limited, name) for _ in range(LIMITS["max_connections_per_ip"])]
+    for client in held:
+        client.close()
+
+
 def test_connections_in_all_are_limited(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,

@@ -332,6 +332,14 @@ class TidingsSMTP(SMTP):
         if self.sessions is not None:
             self.sessions.add(self)
 
+    def eof_received(self) -> bool:
+        """The client has hung up: aiosmtpd cancels the session task, but a task cancelled
+        before its first step (a client that connects and closes at once) never reaches the
+        code that closes the connection, which then sat half-open until the idle timeout,
+        holding its place under the connection limits. Nothing more will be said: close."""
+        super().eof_received()
+        return False
+
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return
