@@ -280,11 +280,16 @@ class TidingsSMTP(SMTP):
         self._errors = self._junk = 0
 
     def _close_with(self, reply: str) -> None:
+        """Say ``reply`` and end the session: commands the client pipelined behind the one
+        that ended it are not run (a DATA among them must not reach delivery unseen)."""
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():
             log.info("%s %s: %s", self.protocol_name, self._peer_text(), reply)
             transport.write(f"{reply}\r\n".encode())
             transport.close()
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
 
     def _peer_text(self) -> str:
         peer = self.session.peer if self.session is not None else None
@@ -426,6 +431,9 @@ class TidingsSMTP(SMTP):
         if not hostname:
             await self.push("501 5.5.4 Syntax: EHLO hostname")
             return
+        if not _is_utf8(hostname):
+            await self.push("501 5.5.4 EHLO name is not valid UTF-8")
+            return
         self._reset_transaction()
         self.sess.extended_smtp = True
         self.sess.host_name = hostname
@@ -450,6 +458,9 @@ class TidingsSMTP(SMTP):
     async def smtp_HELO(self, hostname: str | None) -> None:
         if not hostname:
             await self.push("501 5.5.4 Syntax: HELO hostname")
+            return
+        if not _is_utf8(hostname):
+            await self.push("501 5.5.4 HELO name is not valid UTF-8")
             return
         self._reset_transaction()
         self.sess.extended_smtp = False
@@ -684,9 +695,7 @@ class TidingsSMTP(SMTP):
             or (len(words) == 2 and words[1].upper() != "LAST")
         ):
             # The size is unknown, so the chunk cannot be skipped: the session is lost.
-            await self.push("501 5.5.4 Syntax: BDAT size [LAST]; closing the connection")
-            assert self.transport is not None
-            self.transport.close()
+            self._close_with("501 5.5.4 Syntax: BDAT size [LAST]; closing the connection")
             return
         size, last = int(words[0]), len(words) == 2
         refusal = await self._bdat_refusal()
@@ -784,6 +793,16 @@ def _text_value(value: Any) -> str:
         return ",".join(f"<{v}>" for v in value) or "-"
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if (" " in text or '"' in text) else text
+
+
+def _is_utf8(text: str) -> bool:
+    """aiosmtpd decodes arguments with surrogateescape: bytes that were not UTF-8 come back
+    as lone surrogates, which no reply can echo."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_number(text: str) -> bool:
