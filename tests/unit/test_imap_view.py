@@ -164,3 +164,32 @@ def test_sessions_making_the_same_move_share_the_result() -> None:
     # One view's own change stays its own.
     views[0].update_flags(2, "\\Seen", 5)
     assert views[1].messages[0].flags == () and views[0].messages[0].flags == ("\\Seen",)
+
+
+def test_sessions_reaching_one_state_by_different_steps_share_it_again() -> None:
+    """IDLE sessions that wake at different moments take different steps to the same modseq;
+    without sharing again each would keep its own copy of the list for good (bench/load.py
+    saw memory grow with every delivery)."""
+    from tidings.imap.session import ImapService, ImapSettings
+    from tidings.imap.view import Snapshot
+
+    service = ImapService(None, ImapSettings("mx.test"), None, None, None)  # type: ignore[arg-type]
+    snapshot = Snapshot.of(2, [ViewMessage.of(row(1)), ViewMessage.of(row(2))])
+    early, late = (
+        MailboxView.on(1, "INBOX", 7, read_only=False, uidnext=3, snapshot=snapshot)
+        for _ in range(2)
+    )
+    steps = [([row(3, modseq=3)], 3), ([row(4, modseq=4), row(1, "\\Seen", 4)], 4)]
+    for changed, modseq in steps:  # woken by each delivery
+        base = early.messages
+        early.apply(changed, [], modseq, recent_from=None, vanished=False, with_modseq=False)
+        service.share(early, base)
+    base = late.messages  # woken once, after both
+    late.apply([row(3, modseq=3), row(4, modseq=4), row(1, "\\Seen", 4)], [], 4,
+               recent_from=None, vanished=False, with_modseq=False)  # fmt: skip
+    assert late.messages is not early.messages and late.messages == early.messages
+    service.share(late, base)
+    assert late.messages is early.messages and late.uids is early.uids
+    # Still each one's own to change.
+    late.update_flags(2, "\\Flagged", 5)
+    assert early.messages[1].flags == ()

@@ -1182,6 +1182,10 @@ class ImapService:
         self.results: OrderedDict[tuple[int, int, int], tuple[list[ViewMessage], Snapshot]] = (
             OrderedDict()
         )
+        # The lists last published for a mailbox at a modseq, whatever path led there: views
+        # that reached the same state by different steps (IDLE sessions waking at different
+        # moments) share them again instead of each keeping its own copy for good.
+        self.converged: OrderedDict[tuple[int, int], Snapshot] = OrderedDict()
 
     def snapshot(self, mailbox_id: int, modseq: int) -> Snapshot | None:
         """The shared snapshot of a mailbox at exactly this modseq, if one was read."""
@@ -1210,9 +1214,18 @@ class ImapService:
         if found is not None and found[0] is base:
             view.adopt(found[1])
             return
-        self.results[key] = (base, view.publish())
-        while len(self.results) > MAX_SNAPSHOTS:
-            self.results.popitem(last=False)
+        state = (view.mailbox_id, view.modseq)
+        for same in (self.converged.get(state), self.snapshot(*state)):
+            # Equal lists mostly hold the same objects, so the comparison is mostly identity.
+            if same is not None and same.uids == view.uids and same.messages == view.messages:
+                view.adopt(same)
+                return
+        published = view.publish()
+        self.results[key] = (base, published)
+        self.converged[state] = published
+        for cache in (self.results, self.converged):
+            while len(cache) > MAX_SNAPSHOTS:
+                cache.popitem(last=False)
 
     def remember(self, mailbox_id: int, snapshot: Snapshot) -> None:
         self.snapshots[mailbox_id] = snapshot
