@@ -575,3 +575,9 @@ def test_no_message_after_the_server_closed_the_connection() -> None:
         + b"RSET x\r\n" * 25
         + b"DATA\r\nx\r\n.\r\n"
     )
+    # And after aiosmtpd's own goodbye to a client sending unknown commands.
+    fuzz.smtp_session(
+        b"\x07EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\n"
+        + b"XYZZY\r\n" * 5
+        + b"BDAT 5 LAST\r\nhello"
+    )

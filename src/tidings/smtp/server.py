@@ -302,6 +302,15 @@ class TidingsSMTP(SMTP):
 
     def _reset_timeout(self, duration: float | None = None) -> None:
         # aiosmtpd calls this as it dispatches each command (and DATA/BDAT as chunks arrive).
+        if (
+            self.transport is not None
+            and self.transport.is_closing()
+            and self._handler_coroutine is asyncio.current_task()
+        ):
+            # Closed by aiosmtpd itself (too many unknown commands) or by us: a command the
+            # client pipelined behind must not run (a DATA there would reach delivery unseen).
+            self._reader._buffer.clear()  # type: ignore[attr-defined]
+            raise asyncio.CancelledError
         super()._reset_timeout(duration)
         if not self._in_data:
             self._command_done()
