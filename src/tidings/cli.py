@@ -171,6 +171,9 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     # Log lines are written by a thread of their own: a write per message on the event loop
     # cost a tenth of a submission's time on a busy machine.
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    # No log line shows the process or thread: skip looking them up for every record (each
+    # getpid() is a system call; py-spy found 1% of the event loop there under load).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
     listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
     logging.root.handlers[:] = [RecordQueueHandler(records)]
     listener.start()

@@ -79,7 +79,9 @@ class SlowClientGuard:
     client, and ``too_slow`` ends the connection.
     """
 
-    __slots__ = ("_bytes", "_deadline", "_min_rate", "_start", "_timer", "_too_slow", "_waiting")
+    __slots__ = (
+        "_bytes", "_deadline", "_loop", "_min_rate", "_start", "_timer", "_too_slow", "_waiting"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -88,6 +90,8 @@ class SlowClientGuard:
         waiting: Callable[[], bool],
         too_slow: Callable[[], None],
     ) -> None:
+        # Made in connection_made, on the loop; asked for once (each lookup is a getpid()).
+        self._loop = asyncio.get_running_loop()
         self._deadline = deadline
         self._min_rate = min_rate
         self._waiting = waiting
@@ -98,10 +102,9 @@ class SlowClientGuard:
 
     def received(self, size: int) -> None:
         if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._start = loop.time()
+            self._start = self._loop.time()
             self._bytes = 0
-            self._timer = loop.call_later(self._deadline, self._check)
+            self._timer = self._loop.call_later(self._deadline, self._check)
         self._bytes += size
 
     def done(self) -> None:
@@ -111,7 +114,7 @@ class SlowClientGuard:
             self._timer = None
 
     def _check(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now = loop.time()
         if not self._waiting():
             # The server, not the client, is the one taking time: start over.
