@@ -13,7 +13,6 @@ import email
 import email.policy
 import json
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 from dnsserver import DNSTestServer
 from helpers import TidingsServer, add_alias, add_users, stored_messages, tidings, write_config
 from peer import SMTPPeer
+from pg import free_port
 
 ALICE = "alice@example.org"
 ZONE: dict[str, list[tuple[str, Any]]] = {
@@ -45,12 +45,6 @@ def run(coro: Any) -> Any:
     """Run a coroutine to the end from sync code, even inside an async test."""
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coro).result()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def client_tls() -> ssl.SSLContext:
