@@ -62,7 +62,6 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -71,6 +70,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from helpers import TidingsServer, write_config  # the tests' own helpers
+from imap import database  # bench/imap.py: --db-url, --postgres or SQLite in the dir
 
 DOMAIN = "bench.test"
 PASSWORD = "bench-password-1"
@@ -821,24 +821,6 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
 
 
 # --- main ----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def database(args: argparse.Namespace, directory: Path) -> Iterator[str]:
-    """The store's URL: --db-url, a throwaway PostgreSQL (--postgres), or SQLite in the dir."""
-    if args.db_url:
-        yield args.db_url
-    elif args.postgres:
-        from pg import start_postgres
-
-        pg = start_postgres()
-        try:
-            with pg.database() as url:
-                yield url
-        finally:
-            pg.stop()
-    else:
-        yield f"sqlite:///{directory / 'tidings.db'}"
 
 
 def raise_nofile(connections: int) -> None:
