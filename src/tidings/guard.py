@@ -19,28 +19,12 @@ Per-session error and command counts live in each protocol's session, which know
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tidings.auth import client_key  # the unit the login limits count: IPv4, or IPv6 /64
 from tidings.config import LimitsConfig
-
-log = logging.getLogger(__name__)
-
-
-def client_key(peer: str) -> str:
-    """What connections are counted under: the IPv4 address, or the IPv6 /64."""
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return peer
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 @dataclass
