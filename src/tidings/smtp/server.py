@@ -280,16 +280,13 @@ class TidingsSMTP(SMTP):
         self._errors = self._junk = 0
 
     def _close_with(self, reply: str) -> None:
-        """Say ``reply`` and end the session: commands the client pipelined behind the one
-        that ended it are not run (a DATA among them must not reach delivery unseen)."""
+        """Say ``reply`` and close; commands the client pipelined behind are not run
+        (``_reset_timeout`` stops every dispatch once the transport is closing)."""
         transport = cast(asyncio.WriteTransport | None, self.transport)
         if transport is not None and not transport.is_closing():
             log.info("%s %s: %s", self.protocol_name, self._peer_text(), reply)
             transport.write(f"{reply}\r\n".encode())
             transport.close()
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
-        if self._handler_coroutine is not None:
-            self._handler_coroutine.cancel()  # as aiosmtpd's QUIT does
 
     def _peer_text(self) -> str:
         peer = self.session.peer if self.session is not None else None
