@@ -115,6 +115,29 @@ def test_b_value_removal_is_dkimpy_s(value: bytes) -> None:
     assert canonical.without_b_value(value) == dkim.RE_BTAG.sub(rb"\1", value)
 
 
+def _dkimpy_tags(value: bytes) -> dict[bytes, bytes] | type[Exception]:
+    try:
+        return dkim.util.parse_tag_value(value)  # type: ignore[no-any-return]
+    except dkim.util.InvalidTagValueList as e:
+        return type(e)
+
+
+@given(signature_values() | chunks)
+@example(b"v=1; a=rsa-sha256;")
+@example(b"v=1;; a=x")
+@example(b"v=1; v=2")
+@example(b"1a=2; b=3")
+@example(b"a b=c")
+@example(b" ; ")
+@example(b"")
+def test_tag_lists_read_as_dkimpy_reads_them(value: bytes) -> None:
+    try:
+        ours: dict[bytes, bytes] | type[Exception] = canonical.parse_tags(value)
+    except dkim.util.InvalidTagValueList as e:
+        ours = type(e)
+    assert ours == _dkimpy_tags(value)
+
+
 @given(st.sampled_from([*_NAMES, b"X-Name ", b"MiXeD"]), chunks)
 def test_relaxed_header_is_dkimpy_s(name: bytes, value: bytes) -> None:
     ((expected_name, expected_value),) = Relaxed.canonicalize_headers([(name, value)])

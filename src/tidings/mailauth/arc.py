@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dkim as dkimpy
-from dkim.util import InvalidTagValueList, parse_tag_value
+from dkim.util import InvalidTagValueList
 
 from tidings.dns import DNSTempError, NXDomain, Resolver
+from tidings.mailauth.canonical import parse_tags
 from tidings.mailauth.dkim import MIN_RSA_BITS, OBSOLETE_ALGORITHMS
 from tidings.mailauth.results import comment_text, has_field, pvalue
 
@@ -132,7 +133,7 @@ def prepare(message: bytes, remote_ip: str = "") -> Prepared:
         if name.lower() == b"arc-authentication-results":
             continue
         try:
-            tags = parse_tag_value(value)
+            tags = parse_tags(value)
         except InvalidTagValueList:
             tags = {}
         tags_by_set.append(tags)

@@ -56,11 +56,12 @@ from dkim.canonicalization import (
     Relaxed,
     Simple,
 )
-from dkim.util import InvalidTagValueList, parse_tag_value
+from dkim.util import InvalidTagValueList
 
 from tidings.dns import DNSTempError, NXDomain, Resolver
 from tidings.mailauth.canonical import (
     canonical_body_piece,
+    parse_tags,
     relaxed_header,
     split_at_body,
     without_b_value,
@@ -214,7 +215,7 @@ def prepare(message: bytes, now: float | None = None) -> Prepared:
 def check_signature(header: tuple[bytes, bytes], now: float) -> Signature | DKIMResult:
     """§3.5 and §6.1.1 on one DKIM-Signature: its tags, or the verdict they already force."""
     try:
-        tags = parse_tag_value(header[1])
+        tags = parse_tags(header[1])
     except InvalidTagValueList as e:
         return DKIMResult(Result.PERMERROR, comment=f"signature syntax error: {e}")
     domain = _text(tags.get(b"d", b"")).rstrip(".")
@@ -470,7 +471,7 @@ def _choose_key(sig: Signature, records: list[bytes]) -> tuple[object, int, byte
 def _key_tags(record: bytes) -> dict[bytes, bytes] | None:
     """A key record's tags (None: unreadable), remembered like :func:`_public_key`; only read."""
     try:
-        return dict(parse_tag_value(record))
+        return dict(parse_tags(record))
     except InvalidTagValueList:
         return None
 
