@@ -193,3 +193,25 @@ def test_sessions_reaching_one_state_by_different_steps_share_it_again() -> None
     # Still each one's own to change.
     late.update_flags(2, "\\Flagged", 5)
     assert early.messages[1].flags == ()
+
+
+def test_a_select_snapshot_is_dropped_once_the_mailbox_moves_past_it() -> None:
+    """A SELECT snapshot older than a view's state can serve no later SELECT; kept, it pinned
+    every message it listed after the views had expunged them (bench/load.py: memory grew
+    until each mailbox's turned-over messages were held twice)."""
+    from tidings.imap.session import ImapService, ImapSettings
+    from tidings.imap.view import Snapshot
+
+    service = ImapService(None, ImapSettings("mx.test"), None, None, None)  # type: ignore[arg-type]
+    snapshot = Snapshot.of(2, [ViewMessage.of(row(1)), ViewMessage.of(row(2))])
+    service.remember(1, snapshot)
+    service.remember(2, Snapshot.of(5, [ViewMessage.of(row(5))]))
+    v = MailboxView.on(1, "INBOX", 7, read_only=False, uidnext=3, snapshot=snapshot)
+    service.share(v, v.messages)  # nothing changed yet: still the one a SELECT may reuse
+    assert service.snapshot(1, 2) is snapshot
+    base = v.messages
+    v.apply([row(3, modseq=3)], [1], 3, recent_from=None, vanished=False, with_modseq=False)
+    service.share(v, base)
+    assert 1 not in service.snapshots and service.snapshot(1, 2) is None
+    assert service.snapshot(2, 5) is not None  # other mailboxes' stay
+    assert v.uids == [2, 3]

@@ -1207,6 +1207,13 @@ class ImapService:
     def share(self, view: MailboxView, base: list[ViewMessage]) -> None:
         """After ``view`` moved from the list ``base`` to its current state: take the lists a
         session that made the same move already built, or offer its own to the next one."""
+        selected = self.snapshots.get(view.mailbox_id)
+        if selected is not None and selected.modseq < view.modseq:
+            # The mailbox moved past its SELECT snapshot, which no later SELECT can use (it
+            # asks for the current modseq). Kept, it pinned every message it listed after the
+            # views had expunged them: bench/load.py, whose sessions trim their mailboxes,
+            # grew ~4,000 ViewMessages a minute with it.
+            del self.snapshots[view.mailbox_id]
         if view.messages is base:
             return
         key = (view.mailbox_id, id(base), view.modseq)
