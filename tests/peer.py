@@ -110,8 +110,11 @@ class SMTPPeer:
         on_connect: str = "serve",
         certificate: tuple[Path, Path] | None = None,
         auth: tuple[str, str] | None = None,
+        data_gate: threading.Event | None = None,
     ) -> None:
         self.host = host
+        # While set up and not yet set, every DATA waits before its reply: mail in progress.
+        self.data_gate = data_gate
         # (user, password) a smarthost requires (AUTH PLAIN/LOGIN, only under STARTTLS); every
         # attempt is kept in ``logins`` as (user, password, accepted).
         self.auth = auth
@@ -387,6 +390,8 @@ class SMTPPeer:
         return responses
 
     async def handle_DATA(self, server: _PeerSMTP, session: Session, envelope: Envelope) -> str:
+        while self.data_gate is not None and not self.data_gate.is_set():
+            await asyncio.sleep(0.02)
         reply = self._scripted("DATA") or f"250 2.0.0 OK: queued as {len(self.transactions)}"
         sender = envelope.mail_from or ""
         self.transactions.append(

@@ -209,6 +209,8 @@ class QueueConfig:
     # Outbound SMTP connections open at once in this process, and at most per domain.
     max_connections: int = 20
     connections_per_domain: int = 4
+    # Messages one process holds in memory to relay at once; more wait in the queue table.
+    max_in_flight: int = 1000
 
 
 @dataclass(frozen=True)
@@ -459,6 +461,7 @@ def validate(config: Config) -> None:
     for key, count in (
         ("queue.max_connections", config.queue.max_connections),
         ("queue.connections_per_domain", config.queue.connections_per_domain),
+        ("queue.max_in_flight", config.queue.max_in_flight),
     ):
         if count < 1:
             raise ConfigError(f"{key}: must be at least 1")

@@ -14,6 +14,7 @@ import email.policy
 import json
 import smtplib
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -306,6 +307,31 @@ def test_queue_cli_and_connection_reuse(
         assert len(subjects) == 4 and len(set(subjects)) == 4
     finally:
         server.stop()
+
+
+def test_mail_queued_while_the_runner_is_full_goes_out_when_it_has_room(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    """Mail committed while the runner has ``max_in_flight`` messages in progress waits in
+    the queue table and goes out as soon as those finish, not when some lease ends."""
+    gate = threading.Event()
+    with SMTPPeer(data_gate=gate) as peer:
+        server = relay_server(
+            tmp_path, db_url, dns_server, peer.port, max_in_flight=2, lease=3600.0
+        )
+        try:
+            # The first two are taken at once and held in DATA; the other ten come while the
+            # runner is full.
+            submit(server, ["bob@direct.test"], [message(n, "bob@direct.test") for n in range(12)])
+            states = sorted(m["recipients"][0]["state"] for m in queue_json(server.config))
+            assert states == ["queued"] * 10 + ["sending"] * 2
+            gate.set()
+            peer.wait_until_sync(
+                lambda p: len({subject(m) for m in p.messages}) == 12, 30, "all 12 messages"
+            )
+            wait_for(lambda: queue_json(server.config) == [], what="queue empty")
+        finally:
+            server.stop()
 
 
 def subject(received: Any) -> bytes:

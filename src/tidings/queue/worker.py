@@ -61,9 +61,8 @@ from tidings.store.filing import Claimed, QueueClaim
 
 log = logging.getLogger(__name__)
 
-# Rows claimed at once, and the most rows in flight in one process.
+# Rows claimed at once.
 CLAIM_BATCH = 200
-MAX_IN_FLIGHT = 1000
 # Recipients per transaction (RFC 5321 §4.5.3.1.8: a server takes at least 100).
 MAX_RCPTS = 100
 # Longest sleep between looks at the queue: other processes sharing a PostgreSQL store add
@@ -233,16 +232,20 @@ class QueueRunner:
         ]
 
     @property
-    def claim(self) -> QueueClaim:
-        """How a commit that queues mail claims the rows for this runner (delivery.py)."""
+    def claim(self) -> QueueClaim | None:
+        """How a commit that queues mail claims the rows for this runner (delivery.py); None
+        while it is full or stopping, so that the rows stay due for whoever has room first
+        (this runner's next claim, or another process) instead of waiting out a lease."""
+        if self._stopping or len(self._in_flight) >= self.config.queue.max_in_flight:
+            return None
         return QueueClaim(self.token, self.config.queue.lease)
 
     def take(self, queued: list[Claimed], contents: dict[int, bytes]) -> None:
-        """Relay rows a commit has just written, claimed for this runner, at once."""
-        if self._stopping or len(self._in_flight) >= MAX_IN_FLIGHT:
-            # Their lease runs out, and then this runner (or another process, or the next
-            # start) claims them like any due row: a burst waits instead of filling memory.
-            return
+        """Relay rows a commit has just written, claimed for this runner, at once. Rows
+        claimed before the runner filled up are taken all the same: the limit is checked when
+        the claim is given, so it is passed by at most the commits in progress then."""
+        if self._stopping:
+            return  # :meth:`release` hands them back after the stop
         self._dispatch(queued, contents)
 
     async def stop(self, grace: float) -> None:
@@ -282,7 +285,7 @@ class QueueRunner:
     async def _run(self) -> None:
         while not self._stopping:
             self._wakeup.clear()
-            room = MAX_IN_FLIGHT - len(self._in_flight)
+            room = self.config.queue.max_in_flight - len(self._in_flight)
             claimed: list[Claimed] = []
             if room > 0:
                 try:
