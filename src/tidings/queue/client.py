@@ -241,23 +241,27 @@ class SMTPClient:
         self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
 
     async def read_reply(self) -> Reply:
+        """The next reply, all its lines within ``timeout`` (a timer, not a task per line:
+        a relayed message reads four replies)."""
         parser = ReplyParser()
-        while True:
-            try:
-                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
-            except TimeoutError as e:
-                raise ConnectionFailed("timed out waiting for a reply") from e
-            except (OSError, ValueError, asyncio.LimitOverrunError, ssl.SSLError) as e:
-                raise ConnectionFailed(_describe(e)) from e
-            if not line:
-                raise ConnectionFailed("connection closed by the host")
-            reply = parser.feed(line)
-            if reply is not None:
-                if reply.code == 421:
-                    # RFC 5321 §3.8: the host is closing the connection.
-                    self.close()
-                    raise ConnectionFailed(reply.text)
-                return reply
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line:
+                        raise ConnectionFailed("connection closed by the host")
+                    reply = parser.feed(line)
+                    if reply is not None:
+                        break
+        except TimeoutError as e:
+            raise ConnectionFailed("timed out waiting for a reply") from e
+        except (OSError, ValueError, asyncio.LimitOverrunError, ssl.SSLError) as e:
+            raise ConnectionFailed(_describe(e)) from e
+        if reply.code == 421:
+            # RFC 5321 §3.8: the host is closing the connection.
+            self.close()
+            raise ConnectionFailed(reply.text)
+        return reply
 
 
 def _describe(error: BaseException) -> str:
