@@ -201,6 +201,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> None:
     # No log line shows the process or thread: skip looking them up for every record (each
     # getpid() is a system call; py-spy found 1% of the event loop there under load).
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    # Nor the caller's file and line: finding them walks the stack on every record.
+    logging._srcfile = None  # the switch the logging documentation gives for this
     listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
     logging.root.handlers[:] = [RecordQueueHandler(records)]
     listener.start()

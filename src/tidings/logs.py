@@ -64,17 +64,17 @@ def formatter(name: str) -> logging.Formatter:
 class RecordQueueHandler(logging.handlers.QueueHandler):
     """Hands records to the writing thread with their message rendered (the arguments may
     change after the call) and the traceback as text, keeping the ``extra=`` fields for the
-    JSON formatter on the other side."""
+    JSON formatter on the other side.
+
+    The record itself is changed, not a copy (a copy cost a third of a log call): any other
+    handler still renders it the same, since the message and the traceback are kept."""
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        message = record.getMessage()
-        exc_text = record.exc_text
-        if record.exc_info and not exc_text:
-            exc_text = logging.Formatter().formatException(record.exc_info)
-        prepared = logging.makeLogRecord(vars(record))
-        prepared.msg, prepared.args = message, None
-        prepared.exc_info, prepared.exc_text = None, exc_text
-        return prepared
+        record.msg, record.args = record.getMessage(), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.exc_info = None
+        return record
 
 
 def set_level(level: int) -> None:
