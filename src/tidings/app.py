@@ -110,6 +110,8 @@ class App:
                     # The public suffix list loads on first use (~60 ms): not on a session.
                     await asyncio.to_thread(organizational_domain, "example.com")
                 self.inbound = handler = InboundHandler(config, self.delivery, resolver)
+                if handler.checker is not None:
+                    await handler.checker.start()
                 await self._listen("smtp", config.listen.smtp, lambda: self._smtp(handler))
             await self._start_submission()
             await self._start_pop3()
@@ -271,6 +273,8 @@ class App:
                 dropped,
                 grace,
             )
+        if self.inbound is not None and self.inbound.checker is not None:
+            await self.inbound.checker.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.delivery.drain(), grace)
         if self.queue is not None:

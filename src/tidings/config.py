@@ -171,6 +171,9 @@ class MailAuthConfig:
     # ARC sealers (ARC-Seal d= domains, e.g. a mailing list host) whose passing chain lets a
     # message that fails DMARC be delivered anyway (RFC 8617 §7.2, RFC 7489 §7.2 "forwarded").
     trusted_arc_sealers: tuple[str, ...] = ()
+    # Judge DKIM, ARC and DMARC in a process of their own (checker.py), on another core than
+    # the server's event loop; false: in the server's process.
+    check_process: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,11 @@ trust no network, so every message is checked as if it came from the internet.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import smtplib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dkim
@@ -82,11 +85,12 @@ def send(server: TidingsServer, mail_from: str, msg: bytes) -> tuple[int, bytes]
         return client.data(msg)
 
 
+@pytest.mark.parametrize("check_process", [True, False], ids=["check-process", "in-server"])
 async def test_verdicts_and_where_mail_lands(
-    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer, check_process: bool
 ) -> None:
     await add_users(db_url, ALICE)
-    server = mailauth_server(tmp_path, db_url, dns_server)
+    server = mailauth_server(tmp_path, db_url, dns_server, check_process=check_process)
     try:
         forged = b"Authentication-Results: mx.tidings.test; dmarc=pass header.from=evil.example\r\n"
         foreign = b"Authentication-Results: other.example; spf=pass smtp.mailfrom=x@y.example\r\n"
@@ -132,3 +136,58 @@ async def test_local_policy_can_cap_dmarc_at_quarantine(
     assert await stored_messages(db_url, ALICE) == []
     (junk,) = await stored_messages(db_url, ALICE, "Junk")
     assert b"dmarc=fail (p=reject dis=reject" in junk
+
+
+def check_processes(server: TidingsServer) -> list[int]:
+    """The server's check processes (python -m tidings.mailauth.checker)."""
+    assert server.process is not None
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == server.process.pid and b"tidings.mailauth.checker" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+async def test_a_failing_check_process_costs_no_mail(
+    tmp_path: Path, db_url: str, dns_server: DNSTestServer
+) -> None:
+    """A check process that stops answering: the server judges the mail itself, replaces the
+    process; one killed goes the same way; a server killed with SIGKILL leaves none behind."""
+    await add_users(db_url, ALICE)
+    server = mailauth_server(tmp_path, db_url, dns_server)
+    try:
+        (first,) = check_processes(server)
+        assert send(server, "someone@sender.example", signed(message("sender.example")))[0] == 250
+        os.kill(first, signal.SIGSTOP)  # hung: the server waits out its deadline, then judges
+        assert send(server, "someone@sender.example", signed(message("sender.example")))[0] == 250
+        assert "check process failed" in server.log()
+        code, reply = send(server, "someone@reject.example", message("reject.example"))
+        assert (code, reply[:5]) == (550, b"5.7.1"), reply
+        wait_until(lambda: first not in check_processes(server), 10, "the hung process to go")
+        wait_until(lambda: len(check_processes(server)) == 1, 30, "a new check process")
+        (second,) = check_processes(server)
+        os.kill(second, signal.SIGKILL)
+        assert send(server, "someone@sender.example", signed(message("sender.example")))[0] == 250
+        wait_until(lambda: len(check_processes(server)) == 1, 30, "a third check process")
+        (third,) = check_processes(server)
+        assert third not in (first, second)
+        server.kill()
+        wait_until(lambda: not Path(f"/proc/{third}").exists(), 10, "the orphan to exit")
+    finally:
+        server.stop()
+    inbox = await stored_messages(db_url, ALICE)
+    assert len(inbox) == 3
+    for stored in inbox:
+        assert b"dkim=pass" in stored and b"dmarc=pass" in stored, stored[:400]

@@ -33,6 +33,8 @@ class Verdict:
     header: bytes  # our Authentication-Results field, CRLF-terminated
     disposition: dmarc_.Policy
     refusal: str | None  # an SMTP reply refusing the message, or None to deliver it
+    # (SPF, each DKIM signature's, DMARC) results, as metrics.mailauth_results counts them.
+    results: tuple[str, tuple[str, ...], str] = ("none", (), "none")
 
 
 async def judge(
@@ -43,8 +45,11 @@ async def judge(
     authserv_id: str,
     ceiling: dmarc_.Policy = dmarc_.Policy.REJECT,
     trusted_arc_sealers: Sequence[str] = (),
+    count: bool = True,
 ) -> Verdict:
-    """Authenticate ``message`` (DKIM, ARC, DMARC with ``spf``) and decide its fate."""
+    """Authenticate ``message`` (DKIM, ARC, DMARC with ``spf``) and decide its fate; with
+    ``count``, the results go to the metrics here (a check process leaves that to the server's,
+    whose metrics are the ones served)."""
     # The CPU work is done in two steps, parsing and then (after DNS for the keys) the
     # cryptography. Each runs on the loop when it is cheaper than handing it to a thread
     # (see INLINE_BYTES), else in a worker thread so that other sessions go on meanwhile.
@@ -80,10 +85,11 @@ async def judge(
         authserv_id, spf=spf, dkim=dkim, dmarc=dmarc, extra=[arc.auth_results()]
     )
     arc_unsure = trusted and arc.temperror  # a pass here would have delivered the message
-    metrics.mailauth_results(spf.result, (r.result for r in dkim), dmarc.result)
-    return Verdict(
-        message, header, disposition, _refusal(spf, dkim, dmarc, disposition, arc_unsure)
-    )
+    results = (str(spf.result), tuple(str(r.result) for r in dkim), str(dmarc.result))
+    if count:
+        metrics.mailauth_results(*results)
+    refusal = _refusal(spf, dkim, dmarc, disposition, arc_unsure)
+    return Verdict(message, header, disposition, refusal, results)
 
 
 # Up to this size a message is parsed and its signatures checked on the event loop. For a

@@ -19,9 +19,9 @@ from tidings.config import Config
 from tidings.delivery import Delivery, MailDelivery, RecipientError, combine, new_message_id
 from tidings.dns import Resolver
 from tidings.logs import header_message_id
+from tidings.mailauth.checker import Checker, Settings
 from tidings.mailauth.dmarc import Policy
 from tidings.mailauth.spf import spf_for_session
-from tidings.mailauth.verdict import judge
 from tidings.smtp.policy import accept_recipient
 from tidings.smtp.server import TidingsEnvelope, TidingsSMTP
 from tidings.store.db import StorageFull, StoreError
@@ -76,6 +76,18 @@ class InboundHandler:
             ipaddress.ip_network(n, strict=False) for n in config.mailauth.trusted_networks
         ]
         self.ceiling = Policy(config.mailauth.dmarc_max_disposition)
+        settings = Settings(
+            nameservers=tuple(config.dns.nameservers),
+            dns_timeout=config.dns.timeout,
+            authserv_id=config.server.hostname,
+            ceiling=self.ceiling,
+            trusted_arc_sealers=tuple(config.mailauth.trusted_arc_sealers),
+        )
+        self.checker = (
+            Checker(settings, self.resolver, separate=config.mailauth.check_process)
+            if self.resolver is not None
+            else None
+        )
 
     def _checked(self, session: Any) -> bool:
         """Whether this client's mail is authenticated (not trusted, checks enabled)."""
@@ -142,15 +154,8 @@ class InboundHandler:
         envelope.queue_id = message_id
         envelope.message_id = header_message_id(message)
         trace = received_header(server, session, envelope, message_id)
-        if self.resolver is not None and envelope.spf_check is not None:
-            verdict = await judge(
-                self.resolver,
-                message,
-                await envelope.spf_check,
-                authserv_id=self.config.server.hostname,
-                ceiling=self.ceiling,
-                trusted_arc_sealers=self.config.mailauth.trusted_arc_sealers,
-            )
+        if self.checker is not None and envelope.spf_check is not None:
+            verdict = await self.checker.judge(message, await envelope.spf_check)
             if verdict.refusal is not None:
                 return verdict.refusal  # the engine logs it, with the queue id
             message, junk = verdict.message, verdict.disposition is Policy.QUARANTINE

@@ -1,0 +1,308 @@
+"""The inbound checks (DKIM, ARC, DMARC: :func:`verdict.judge`) in a process of their own.
+
+The server's event loop holds the GIL, so every check it runs itself is time no SMTP, IMAP or
+POP3 session gets; on a machine with a second core the checks can run there instead, as
+OpenDKIM and OpenDMARC run beside Postfix. The server writes each message to a check process
+over a pipe and reads the verdict back; the process has its own resolver and DNS cache.
+
+Mail never waits on the check process or is lost to it: when it is not running, dies, or does
+not answer in time, the message is judged in the server's own process (as with
+``mailauth.check_process = false``) and the process is started again for the next one. Messages
+over :data:`verdict.INLINE_BYTES` are judged in the server's process too, where their work goes
+to threads a piece at a time; copying them through a pipe would cost the loop more.
+
+The pipe carries frames: a 4-byte length, then a pickle. Both ends are this program, started
+by the server itself; nothing else writes to the pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tidings import metrics
+from tidings.dns import Resolver
+from tidings.mailauth import dmarc as dmarc_
+from tidings.mailauth import spf as spf_
+from tidings.mailauth import verdict as verdict_
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">I")
+# A process that died is started again at most this often; meanwhile the server judges.
+RESTART_SECONDS = 5.0
+# The pipe's buffer limit on each side: a frame holds a message of up to INLINE_BYTES.
+_PIPE_LIMIT = 4 * verdict_.INLINE_BYTES
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a check process needs to know, sent as its first frame."""
+
+    nameservers: tuple[str, ...]
+    dns_timeout: float
+    authserv_id: str
+    ceiling: dmarc_.Policy
+    trusted_arc_sealers: tuple[str, ...]
+
+
+class Checker:
+    """The server's side: hands messages to a check process (with ``separate``; else the
+    server judges every message itself) and returns the verdicts."""
+
+    def __init__(self, settings: Settings, resolver: Resolver, *, separate: bool = True) -> None:
+        self.settings = settings
+        self.resolver = resolver  # for the messages judged here
+        self.separate = separate
+        # A verdict takes at most a few DNS timeouts (SPF's lookups are done before).
+        self.deadline = 4 * settings.dns_timeout + 5.0
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
+        self._ids = itertools.count(1)
+        self._starting: asyncio.Task[bool] | None = None
+        self._last_start = -RESTART_SECONDS
+        self._closed = False
+        self._restart: asyncio.TimerHandle | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running check process, if any."""
+        process = self._process
+        return process.pid if process is not None and process.returncode is None else None
+
+    async def start(self) -> None:
+        """Start the process now (else the first message does), so a fault shows at startup."""
+        await self._ensure_started()
+
+    async def judge(self, message: bytes, spf: spf_.SPFResult) -> verdict_.Verdict:
+        """The verdict on ``message``: from the check process, or judged here if need be."""
+        if len(message) <= verdict_.INLINE_BYTES and await self._ensure_started():
+            try:
+                return await self._ask(message, spf)
+            except (ConnectionError, TimeoutError, EOFError, pickle.PickleError) as e:
+                log.warning("mailauth: check process failed (%s); judging here", e or repr(e))
+                self._stop_process()
+        return await verdict_.judge(
+            self.resolver,
+            message,
+            spf,
+            authserv_id=self.settings.authserv_id,
+            ceiling=self.settings.ceiling,
+            trusted_arc_sealers=self.settings.trusted_arc_sealers,
+        )
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Let the process finish what it has (its input ends), then make sure it is gone."""
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
+        process = self._process
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), grace)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        if self._reader_task is not None:
+            await asyncio.gather(self._reader_task, return_exceptions=True)
+        self._process = None
+
+    # --- the pipe ------------------------------------------------------------------------------
+
+    async def _ask(self, message: bytes, spf: spf_.SPFResult) -> verdict_.Verdict:
+        process = self._process
+        if process is None or process.stdin is None:
+            raise ConnectionError("no check process")
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            _write_frame(process.stdin, (request_id, message, spf))
+            await process.stdin.drain()
+            async with asyncio.timeout(self.deadline):
+                changed, header, disposition, refusal, results = await future
+        finally:
+            self._waiting.pop(request_id, None)
+        metrics.mailauth_results(*results)
+        return verdict_.Verdict(
+            message if changed is None else changed, header, disposition, refusal, results
+        )
+
+    async def _read_verdicts(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        try:
+            while True:
+                request_id, answer = await _read_frame(process.stdout)
+                future = self._waiting.get(request_id)
+                if future is not None and not future.done():
+                    future.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError, pickle.PickleError) as e:
+            gone: Exception = EOFError("the check process ended")
+            if not isinstance(e, asyncio.IncompleteReadError):
+                gone = e
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(gone)
+        if self._process is process:
+            self._stop_process()  # its output ended: dead, or of no use
+        if not self._closed:
+            # Its successor is ready before the next message needs it (at most one start per
+            # RESTART_SECONDS, so a process that cannot start does not spin).
+            delay = max(0.0, self._last_start + RESTART_SECONDS - time.monotonic())
+            self._restart = asyncio.get_running_loop().call_later(delay, self._start_again)
+
+    def _start_again(self) -> None:
+        # Not through _ensure_started: the timer already kept the pace (and may fire a hair
+        # before the monotonic clock says RESTART_SECONDS have passed).
+        if self._closed or self.pid is not None:
+            return
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._spawn())
+
+    async def _ensure_started(self) -> bool:
+        """Whether a check process is running, starting one if it is time to."""
+        if self.pid is not None:
+            return True
+        if not self.separate or self._closed:
+            return False
+        if time.monotonic() - self._last_start < RESTART_SECONDS:
+            return False
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._spawn())
+        return await asyncio.shield(self._starting)
+
+    async def _spawn(self) -> bool:
+        self._last_start = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tidings.mailauth.checker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=_PIPE_LIMIT,
+            )
+            assert process.stdin is not None
+            _write_frame(process.stdin, self.settings)
+            await process.stdin.drain()
+        except (OSError, ValueError) as e:
+            log.error("mailauth: cannot start a check process (%s); checking in the server", e)
+            return False
+        if self._closed:  # the server stopped meanwhile
+            process.stdin.close()
+            return False
+        self._process = process
+        self._reader_task = asyncio.create_task(self._read_verdicts(process))
+        log.info("mailauth: check process %d started", process.pid)
+        return True
+
+    def _stop_process(self) -> None:
+        """A process that failed a request is not trusted with the next: end it."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+
+def _write_frame(writer: asyncio.StreamWriter, value: object) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_LENGTH.pack(len(data)) + data)
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> Any:
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    return pickle.loads(await reader.readexactly(length))  # noqa: S301 - our own process
+
+
+# --- the check process -----------------------------------------------------------------------
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    settings: Settings = await _read_frame(reader)
+    resolver = Resolver(list(settings.nameservers), settings.dns_timeout)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def answer(request_id: int, message: bytes, spf: spf_.SPFResult) -> None:
+        try:
+            verdict = await verdict_.judge(
+                resolver,
+                message,
+                spf,
+                authserv_id=settings.authserv_id,
+                ceiling=settings.ceiling,
+                trusted_arc_sealers=settings.trusted_arc_sealers,
+                count=False,
+            )
+        except Exception:
+            # No answer: the server times out and judges the message itself.
+            log.exception("mailauth check process: cannot judge a message")
+            return
+        changed = None if verdict.message is message else verdict.message
+        _write_frame(
+            writer,
+            (
+                request_id,
+                (changed, verdict.header, verdict.disposition, verdict.refusal, verdict.results),
+            ),
+        )
+
+    while True:
+        try:
+            request_id, message, spf = await _read_frame(reader)
+        except asyncio.IncompleteReadError:
+            break  # the server closed the pipe, or is gone
+        task = asyncio.create_task(answer(request_id, message, spf))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    if pending:
+        await asyncio.wait(pending)
+    with contextlib.suppress(ConnectionError):
+        await writer.drain()
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_PIPE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, sys.stdout
+    )
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    await _serve(reader, writer)
+
+
+def main() -> None:
+    """``python -m tidings.mailauth.checker``: what :class:`Checker` starts. It ends when its
+    input does. Ctrl-C in a terminal reaches the whole process group, and systemd's stop sends
+    SIGTERM to every process of the service: both are left to the server, which closes that
+    input once the messages in progress are judged (a SIGKILL still ends it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING, format=f"%(asctime)s %(levelname)s "
+        f"%(name)s[{os.getpid()}]: %(message)s",
+    )  # fmt: skip
+    try:
+        import uvloop  # noqa: PLC0415 - as the server; not tidings.cli, which loads far more
+    except ImportError:  # pragma: no cover
+        asyncio.run(_main())
+        return
+    uvloop.run(_main())
+
+
+if __name__ == "__main__":
+    main()
