@@ -21,6 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dnsserver import DNSTestServer
 from helpers import TidingsServer, add_users, stored_messages, write_config
+from tidings.dns import Resolver
+from tidings.mailauth.checker import Checker, Settings
+from tidings.mailauth.dmarc import Policy
+from tidings.mailauth.spf import spf_for_session
+from tidings.mailauth.verdict import judge
 
 ALICE = "alice@example.org"
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -191,3 +196,44 @@ async def test_a_failing_check_process_costs_no_mail(
     assert len(inbox) == 3
     for stored in inbox:
         assert b"dkim=pass" in stored and b"dmarc=pass" in stored, stored[:400]
+
+
+async def test_the_check_process_gives_the_servers_own_verdicts(
+    dns_server: DNSTestServer,
+) -> None:
+    """The same messages judged through a check process and in this process: the same header,
+    disposition, refusal and message (a forged Authentication-Results removed by both)."""
+    resolver = Resolver([dns_server.address], 1.0)
+    settings = Settings(
+        nameservers=(dns_server.address,),
+        dns_timeout=1.0,
+        authserv_id="mx.tidings.test",
+        ceiling=Policy.REJECT,
+        trusted_arc_sealers=(),
+    )
+    forged = b"Authentication-Results: mx.tidings.test; dmarc=pass header.from=x.example\r\n"
+    cases = [
+        ("someone@sender.example", signed(message("sender.example"))),
+        ("someone@sender.example", forged + signed(message("sender.example"))),
+        ("bounce@reject.example", signed(message("sender.example")).replace(b"Hello", b"Hullo")),
+        ("someone@reject.example", message("reject.example")),
+        ("someone@quarantine.example", message("quarantine.example")),
+        ("someone@slow.example", message("slow.example")),
+    ]
+    checker = Checker(settings, resolver)
+    await checker.start()
+    pid = checker.pid
+    assert pid is not None
+    try:
+        for mail_from, msg in cases:
+            spf = await spf_for_session(resolver, "192.0.2.7", mail_from, "client.example")
+            there = await checker.judge(msg, spf)
+            here = await judge(resolver, msg, spf, authserv_id="mx.tidings.test")
+            assert checker.pid == pid, "no fallback: the process judged every message"
+            assert there == here, mail_from
+    finally:
+        await checker.close()
+    assert checker.pid is None
+    assert (
+        not Path(f"/proc/{pid}/cmdline").exists() or not Path(f"/proc/{pid}/cmdline").read_bytes()
+    )

@@ -27,8 +27,9 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tidings import metrics
 from tidings.dns import Resolver
@@ -56,6 +57,87 @@ class Settings:
     trusted_arc_sealers: tuple[str, ...]
 
 
+class _NotJudged(Exception):
+    """The check process could not judge a message (and said so)."""
+
+
+class _Pipe(asyncio.SubprocessProtocol):
+    """One check process as the server's loop sees it: verdicts are read from its output as
+    it arrives, without a task or a stream in between (each costs the loop per message)."""
+
+    def __init__(self, on_gone: Callable[[_Pipe], None]) -> None:
+        self.on_gone = on_gone
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.waiting: dict[int, asyncio.Future[tuple[Any, ...] | None]] = {}
+        self.gone = False  # its output ended: dead, or of no use
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buffer = bytearray()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.gone or self.transport is None else self.transport.get_pid()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+
+    def send(self, value: object) -> None:
+        pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
+        if self.gone or pipe is None or pipe.is_closing():
+            raise ConnectionError("the check process is gone")
+        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        cast(asyncio.WriteTransport, pipe).write(_LENGTH.pack(len(data)) + data)
+
+    def end_input(self) -> None:
+        """Let the process finish what it has and exit."""
+        pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
+        if pipe is not None:
+            pipe.close()
+
+    def kill(self) -> None:
+        if self.transport is not None and self.transport.get_returncode() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.transport.kill()
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        self._buffer += cast(bytes, data)
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                return
+            frame = bytes(self._buffer[_LENGTH.size : end])
+            del self._buffer[:end]
+            try:
+                request_id, answer = pickle.loads(frame)  # noqa: S301 - our own process
+            except (pickle.PickleError, ValueError, TypeError, EOFError) as e:
+                log.error("mailauth: unreadable answer from the check process: %s", e)
+                self.kill()
+                return
+            future = self.waiting.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:  # every answer it wrote has been read
+            self._end()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    def _end(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self.kill()
+        for future in self.waiting.values():
+            if not future.done():
+                future.set_exception(EOFError("the check process ended"))
+        self.waiting.clear()
+        self.on_gone(self)
+
+
 class Checker:
     """The server's side: hands messages to a check process (with ``separate``; else the
     server judges every message itself) and returns the verdicts."""
@@ -66,9 +148,7 @@ class Checker:
         self.separate = separate
         # A verdict takes at most a few DNS timeouts (SPF's lookups are done before).
         self.deadline = 4 * settings.dns_timeout + 5.0
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
+        self._pipe: _Pipe | None = None
         self._ids = itertools.count(1)
         self._starting: asyncio.Task[bool] | None = None
         self._last_start = -RESTART_SECONDS
@@ -78,8 +158,7 @@ class Checker:
     @property
     def pid(self) -> int | None:
         """The running check process, if any."""
-        process = self._process
-        return process.pid if process is not None and process.returncode is None else None
+        return self._pipe.pid if self._pipe is not None else None
 
     async def start(self) -> None:
         """Start the process now (else the first message does), so a fault shows at startup."""
@@ -90,6 +169,8 @@ class Checker:
         if len(message) <= verdict_.INLINE_BYTES and await self._ensure_started():
             try:
                 return await self._ask(message, spf)
+            except _NotJudged:
+                pass  # the process had an error with this message: try it here
             except (ConnectionError, TimeoutError, EOFError, pickle.PickleError) as e:
                 log.warning("mailauth: check process failed (%s); judging here", e or repr(e))
                 self._stop_process()
@@ -107,58 +188,42 @@ class Checker:
         self._closed = True
         if self._restart is not None:
             self._restart.cancel()
-        process = self._process
-        if process is None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
             return
-        if process.stdin is not None:
-            process.stdin.close()
+        pipe.end_input()
         try:
-            await asyncio.wait_for(process.wait(), grace)
+            await asyncio.wait_for(asyncio.shield(pipe.finished), grace)
         except TimeoutError:
-            process.kill()
-            await process.wait()
-        if self._reader_task is not None:
-            await asyncio.gather(self._reader_task, return_exceptions=True)
-        self._process = None
+            pipe.kill()
+            await pipe.finished
 
     # --- the pipe ------------------------------------------------------------------------------
 
     async def _ask(self, message: bytes, spf: spf_.SPFResult) -> verdict_.Verdict:
-        process = self._process
-        if process is None or process.stdin is None:
+        pipe = self._pipe
+        if pipe is None:
             raise ConnectionError("no check process")
         request_id = next(self._ids)
-        future: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
+        future: asyncio.Future[tuple[Any, ...] | None] = asyncio.get_running_loop().create_future()
+        pipe.waiting[request_id] = future
         try:
-            _write_frame(process.stdin, (request_id, message, spf))
-            await process.stdin.drain()
+            pipe.send((request_id, message, spf))
             async with asyncio.timeout(self.deadline):
-                changed, header, disposition, refusal, results = await future
+                answer = await future
         finally:
-            self._waiting.pop(request_id, None)
+            pipe.waiting.pop(request_id, None)
+        if answer is None:
+            raise _NotJudged
+        changed, header, disposition, refusal, results = answer
         metrics.mailauth_results(*results)
         return verdict_.Verdict(
             message if changed is None else changed, header, disposition, refusal, results
         )
 
-    async def _read_verdicts(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        try:
-            while True:
-                request_id, answer = await _read_frame(process.stdout)
-                future = self._waiting.get(request_id)
-                if future is not None and not future.done():
-                    future.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError, pickle.PickleError) as e:
-            gone: Exception = EOFError("the check process ended")
-            if not isinstance(e, asyncio.IncompleteReadError):
-                gone = e
-            for future in self._waiting.values():
-                if not future.done():
-                    future.set_exception(gone)
-        if self._process is process:
-            self._stop_process()  # its output ended: dead, or of no use
+    def _gone(self, pipe: _Pipe) -> None:
+        if self._pipe is pipe:
+            self._pipe = None
         if not self._closed:
             # Its successor is ready before the next message needs it (at most one start per
             # RESTART_SECONDS, so a process that cannot start does not spin).
@@ -187,35 +252,33 @@ class Checker:
 
     async def _spawn(self) -> bool:
         self._last_start = time.monotonic()
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            _, pipe = await loop.subprocess_exec(
+                lambda: _Pipe(self._gone),
                 sys.executable,
                 "-m",
                 "tidings.mailauth.checker",
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                limit=_PIPE_LIMIT,
+                stderr=None,
             )
-            assert process.stdin is not None
-            _write_frame(process.stdin, self.settings)
-            await process.stdin.drain()
+            pipe.send(self.settings)
         except (OSError, ValueError) as e:
             log.error("mailauth: cannot start a check process (%s); checking in the server", e)
             return False
         if self._closed:  # the server stopped meanwhile
-            process.stdin.close()
+            pipe.end_input()
             return False
-        self._process = process
-        self._reader_task = asyncio.create_task(self._read_verdicts(process))
-        log.info("mailauth: check process %d started", process.pid)
+        self._pipe = pipe
+        log.info("mailauth: check process %s started", pipe.pid)
         return True
 
     def _stop_process(self) -> None:
         """A process that failed a request is not trusted with the next: end it."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.kill()
 
 
 def _write_frame(writer: asyncio.StreamWriter, value: object) -> None:
@@ -236,7 +299,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     resolver = Resolver(list(settings.nameservers), settings.dns_timeout)
     pending: set[asyncio.Task[None]] = set()
 
-    async def answer(request_id: int, message: bytes, spf: spf_.SPFResult) -> None:
+    async def judge(request_id: int, message: bytes, spf: spf_.SPFResult) -> None:
         try:
             verdict = await verdict_.judge(
                 resolver,
@@ -248,24 +311,20 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 count=False,
             )
         except Exception:
-            # No answer: the server times out and judges the message itself.
+            # The server judges this one itself (and logs what goes wrong there).
             log.exception("mailauth check process: cannot judge a message")
+            _write_frame(writer, (request_id, None))
             return
         changed = None if verdict.message is message else verdict.message
-        _write_frame(
-            writer,
-            (
-                request_id,
-                (changed, verdict.header, verdict.disposition, verdict.refusal, verdict.results),
-            ),
-        )
+        answer = (changed, verdict.header, verdict.disposition, verdict.refusal, verdict.results)
+        _write_frame(writer, (request_id, answer))
 
     while True:
         try:
             request_id, message, spf = await _read_frame(reader)
         except asyncio.IncompleteReadError:
             break  # the server closed the pipe, or is gone
-        task = asyncio.create_task(answer(request_id, message, spf))
+        task = asyncio.create_task(judge(request_id, message, spf))
         pending.add(task)
         task.add_done_callback(pending.discard)
     if pending:
