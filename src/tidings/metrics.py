@@ -12,6 +12,7 @@ them when it is scraped (:func:`set_queue`, :func:`set_sessions`).
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
@@ -183,11 +184,18 @@ def smtp_reply(service: str, stage: str, reply: str | None) -> None:
 
 def mailauth_results(spf: str, dkim: Iterable[str], dmarc: str) -> None:
     """One inbound message's verdicts (the results' RFC 8601 names)."""
-    MAILAUTH.labels("spf", str(spf)).inc()
+    _mailauth("spf", str(spf)).inc()
     results = list(dkim) or ["none"]
     for result in results:
-        MAILAUTH.labels("dkim", str(result)).inc()
-    MAILAUTH.labels("dmarc", str(dmarc)).inc()
+        _mailauth("dkim", str(result)).inc()
+    _mailauth("dmarc", str(dmarc)).inc()
+
+
+@functools.cache
+def _mailauth(method: str, result: str) -> Counter:
+    """The counter of one (method, result): a few dozen pairs in all, each looked up for every
+    inbound message (``labels()`` takes a lock and builds a key each time)."""
+    return MAILAUTH.labels(method, result)
 
 
 def deliveries(*, sent: int, deferred: int, bounced: int) -> None:
