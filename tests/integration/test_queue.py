@@ -326,16 +326,21 @@ def test_mail_queued_while_the_runner_is_full_goes_out_when_it_has_room(
             states = sorted(m["recipients"][0]["state"] for m in queue_json(server.config))
             assert states == ["queued"] * 10 + ["sending"] * 2
             gate.set()
-            peer.wait_until_sync(
-                lambda p: len({subject(m) for m in p.messages}) == 12, 30, "all 12 messages"
-            )
-            wait_for(lambda: queue_json(server.config) == [], what="queue empty")
+            wait_all_relayed(peer, server, 12, timeout=30)
         finally:
             server.stop()
 
 
 def subject(received: Any) -> bytes:
     return bytes(received.content.split(b"Subject: ")[1].split(b"\r\n")[0])
+
+
+def wait_all_relayed(peer: SMTPPeer, server: TidingsServer, n: int, timeout: float) -> None:
+    """Until the peer has ``n`` different messages and nothing is left in the queue."""
+    peer.wait_until_sync(
+        lambda p: len({subject(m) for m in p.messages}) == n, timeout, f"all {n} messages"
+    )
+    wait_for(lambda: queue_json(server.config) == [], what="queue empty")
 
 
 def test_sigkill_while_relaying_loses_nothing(
@@ -353,10 +358,7 @@ def test_sigkill_while_relaying_loses_nothing(
             before = len({subject(m) for m in peer.messages})
             assert before < 500, "everything was relayed before the kill: nothing tested"
             server.start()
-            peer.wait_until_sync(
-                lambda p: len({subject(m) for m in p.messages}) == 500, 120, "all 500 messages"
-            )
-            wait_for(lambda: queue_json(server.config) == [], what="queue empty")
+            wait_all_relayed(peer, server, 500, timeout=120)
     finally:
         server.stop()
     assert {subject(m) for m in peer.messages} == {f"note {n}".encode() for n in range(500)}
