@@ -219,6 +219,11 @@ async def test_the_check_process_gives_the_servers_own_verdicts(
         ("someone@reject.example", message("reject.example")),
         ("someone@quarantine.example", message("quarantine.example")),
         ("someone@slow.example", message("slow.example")),
+        # Over 64 KB: judged in this process even with a check process, the same way.
+        (
+            "someone@sender.example",
+            signed(message("sender.example", body=(b"x" * 70 + b"\r\n") * 1000)),
+        ),
     ]
     checker = Checker(settings, resolver)
     await checker.start()
