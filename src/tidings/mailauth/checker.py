@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 _LENGTH = struct.Struct(">I")
 # A process that died is started again at most this often; meanwhile the server judges.
 RESTART_SECONDS = 5.0
-# The pipe's buffer limit on each side: a frame holds a message of up to INLINE_BYTES.
+# The check process's read buffer limit: a frame holds a message of up to INLINE_BYTES.
 _PIPE_LIMIT = 4 * verdict_.INLINE_BYTES
 
 
@@ -84,8 +84,7 @@ class _Pipe(asyncio.SubprocessProtocol):
         pipe = self.transport.get_pipe_transport(0) if self.transport is not None else None
         if self.gone or pipe is None or pipe.is_closing():
             raise ConnectionError("the check process is gone")
-        data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        cast(asyncio.WriteTransport, pipe).write(_LENGTH.pack(len(data)) + data)
+        cast(asyncio.WriteTransport, pipe).write(_frame(value))
 
     def end_input(self) -> None:
         """Let the process finish what it has and exit."""
@@ -233,10 +232,8 @@ class Checker:
     def _start_again(self) -> None:
         # Not through _ensure_started: the timer already kept the pace (and may fire a hair
         # before the monotonic clock says RESTART_SECONDS have passed).
-        if self._closed or self.pid is not None:
-            return
-        if self._starting is None or self._starting.done():
-            self._starting = asyncio.create_task(self._spawn())
+        if not self._closed and self.pid is None:
+            self._spawn_once()
 
     async def _ensure_started(self) -> bool:
         """Whether a check process is running, starting one if it is time to."""
@@ -246,9 +243,13 @@ class Checker:
             return False
         if time.monotonic() - self._last_start < RESTART_SECONDS:
             return False
+        return await asyncio.shield(self._spawn_once())
+
+    def _spawn_once(self) -> asyncio.Task[bool]:
+        """The start in progress, or a new one: callers at the same moment share one."""
         if self._starting is None or self._starting.done():
             self._starting = asyncio.create_task(self._spawn())
-        return await asyncio.shield(self._starting)
+        return self._starting
 
     async def _spawn(self) -> bool:
         self._last_start = time.monotonic()
@@ -281,9 +282,13 @@ class Checker:
             pipe.kill()
 
 
-def _write_frame(writer: asyncio.StreamWriter, value: object) -> None:
+def _frame(value: object) -> bytes:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    writer.write(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _write_frame(writer: asyncio.StreamWriter, value: object) -> None:
+    writer.write(_frame(value))
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Any:

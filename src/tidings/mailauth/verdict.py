@@ -34,7 +34,7 @@ class Verdict:
     disposition: dmarc_.Policy
     refusal: str | None  # an SMTP reply refusing the message, or None to deliver it
     # (SPF, each DKIM signature's, DMARC) results, as metrics.mailauth_results counts them.
-    results: tuple[str, tuple[str, ...], str] = ("none", (), "none")
+    results: tuple[str, tuple[str, ...], str]
 
 
 async def judge(
