@@ -101,6 +101,15 @@ def provision(config: Path) -> None:
         )
 
 
+def proc_stat(path: Path) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds) from a ``/proc/PID/stat``; None once gone."""
+    try:
+        fields = path.read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
@@ -140,23 +149,13 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the whole process (every thread), in seconds."""
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stat = proc_stat(Path(f"/proc/{self.process.pid}/stat"))
+        return stat[1] if stat else 0.0
 
     def children_cpu_seconds(self) -> float:
         """CPU time of the server's living child processes (the check process)."""
-        total = 0.0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        stats = (proc_stat(path) for path in Path("/proc").glob("[0-9]*/stat"))
+        return sum(cpu for ppid, cpu in filter(None, stats) if ppid == self.process.pid)
 
     def stop(self) -> int:
         if self.process.poll() is None:
